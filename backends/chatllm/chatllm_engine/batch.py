@@ -1,0 +1,108 @@
+"""The running batch: a left-padded KV cache that sequences join and leave between steps.
+
+Three operations keep it continuous (after TGI's `from_pb` / `filter` / `concatenate`):
+`prefill` builds a batch from new prompts in one forward pass, `concatenate` merges batches
+(padding the shorter on the left), `filter` drops finished rows at once and trims padding
+columns that no row needs any more. `decode` runs one token for every row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, heads, L, dim]
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """transformers 5 names the cache argument `cache`; older releases `past_key_values`."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@dataclass
+class KVBatch:
+    """Rows are sequences; columns are cache positions shared by all rows (left padding)."""
+
+    kv: KV
+    attention_mask: torch.Tensor  # [B, L] int64, 0 on padding
+    positions: torch.Tensor  # [B] position id of the next token of each row
+
+    @property
+    def size(self) -> int:
+        return int(self.attention_mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.attention_mask.shape[1])
+
+    @property
+    def slots(self) -> int:
+        """KV-cache slots held (padding included): what the KV budget counts."""
+        return self.size * self.length
+
+    def filter(self, keep: list[int]) -> KVBatch:
+        """The rows `keep`, with leading columns that are padding in every row removed."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.attention_mask.device)
+        mask = self.attention_mask.index_select(0, index)
+        first = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() and mask.any() else 0
+        kv = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+              for k, v in self.kv]
+        return KVBatch(kv=kv, attention_mask=mask[:, first:], positions=self.positions.index_select(0, index))
+
+    @staticmethod
+    def concatenate(batches: list[KVBatch]) -> KVBatch:
+        """One batch holding every row of `batches`, in order."""
+        if len(batches) == 1:
+            return batches[0]
+        length = max(b.length for b in batches)
+        masks, layers = [], []
+        for b in batches:
+            pad = length - b.length
+            masks.append(torch.nn.functional.pad(b.attention_mask, (pad, 0)))
+            layers.append([(torch.nn.functional.pad(k, (0, 0, pad, 0)), torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                           for k, v in b.kv])
+        kv = [(torch.cat([ls[i][0] for ls in layers]), torch.cat([ls[i][1] for ls in layers]))
+              for i in range(len(batches[0].kv))]
+        return KVBatch(kv=kv, attention_mask=torch.cat(masks), positions=torch.cat([b.positions for b in batches]))
+
+
+def _forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             position_ids: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, KV]:
+    kwargs = {_cache_kwarg(model): cache}
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=True, logits_to_keep=1, **kwargs)
+    new_cache = getattr(out, "cache", None) or out.past_key_values
+    kv = [(layer.keys, layer.values) for layer in new_cache.layers]
+    return out.logits[:, -1, :], kv
+
+
+@torch.inference_mode()
+def prefill(model: PreTrainedModel, prompts: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
+    """Run the prompts (left-padded) in one pass; returns the batch and last-position logits."""
+    device = model.device
+    length = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), length), dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, length - len(prompt):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits, kv = _forward(model, ids, mask, position_ids, DynamicCache())
+    positions = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    return KVBatch(kv=kv, attention_mask=mask, positions=positions), logits
+
+
+@torch.inference_mode()
+def decode(model: PreTrainedModel, batch: KVBatch, tokens: list[int]) -> tuple[KVBatch, torch.Tensor]:
+    """Feed one token per row; returns the grown batch and the next-token logits [B, V]."""
+    device = batch.attention_mask.device
+    ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+    mask = torch.nn.functional.pad(batch.attention_mask, (0, 1), value=1)
+    cache = DynamicCache(ddp_cache_data=batch.kv)
+    logits, kv = _forward(model, ids, mask, batch.positions[:, None], cache)
+    return KVBatch(kv=kv, attention_mask=mask, positions=batch.positions + 1), logits

@@ -1,0 +1,115 @@
+"""EngineConfig: the typed form of a model's config.pbtxt `parameters`.
+
+Each FastChat model-worker flag has a parameter here:
+  --model-path            -> model_path (a folder, a hub id, or `package:NAME` for weights a
+                             Python package ships) and gguf_file
+  --dtype                 -> dtype
+  --num-gpus/--max-gpu-memory -> num_gpus / max_gpu_memory (split one instance over GPUs)
+  --limit-worker-concurrency -> max_num_seqs (plus max_queue_size behind it)
+  --stream-interval       -> stream_interval
+  --conv-template         -> chat_template (the model's own template when empty)
+  --model-names           -> served_model_names (read by the gateway)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A parameter of config.pbtxt is missing or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str
+    gguf_file: str = ""
+    tokenizer_path: str = ""
+    dtype: str = "auto"
+    device: str = "cpu"  # "cpu" or "cuda:N", from instance_group
+    num_gpus: int = 1
+    max_gpu_memory: str = ""
+    max_num_seqs: int = 64
+    max_queue_size: int = 256
+    kv_cache_tokens: int = 32768
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    stream_interval: int = 1
+    chat_template: str = ""
+    cpu_threads: int = 0  # 0: leave torch's default
+    trust_remote_code: bool = False
+    seed: int = 0
+    served_model_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_model_config(
+        cls, model_config: dict[str, Any], instance_kind: str = "CPU", device_id: int = 0
+    ) -> EngineConfig:
+        """Build from Triton's model config JSON and the instance placement."""
+        raw = {
+            key: value.get("string_value", "") if isinstance(value, dict) else str(value)
+            for key, value in model_config.get("parameters", {}).items()
+        }
+        device = f"cuda:{device_id}" if instance_kind.upper() == "GPU" else "cpu"
+        return cls.from_parameters(raw, device=device)
+
+    @classmethod
+    def from_parameters(cls, raw: dict[str, str], device: str = "cpu") -> EngineConfig:
+        """Parse string parameters, checking types and ranges."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known - {"device"})
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
+
+        def get(key: str, parse: Callable[[str], T], default: T, check: Callable[[T], bool] | None = None,
+                rule: str = "") -> T:
+            text = raw.get(key, "").strip()
+            if text == "":
+                return default
+            try:
+                value = parse(text)
+            except ValueError as exc:
+                raise ConfigError(f"parameter {key!r}: cannot parse {text!r} ({exc})") from exc
+            if check is not None and not check(value):
+                raise ConfigError(f"parameter {key!r}: {text!r} is out of range ({rule})")
+            return value
+
+        model_path = raw.get("model_path", "").strip()
+        if not model_path:
+            raise ConfigError("parameter 'model_path' is required")
+        dtype = get("dtype", str, "auto", lambda v: v in DTYPES, f"one of {DTYPES}")
+        return cls(
+            model_path=model_path,
+            gguf_file=raw.get("gguf_file", "").strip(),
+            tokenizer_path=raw.get("tokenizer_path", "").strip(),
+            dtype=dtype,
+            device=device,
+            num_gpus=get("num_gpus", int, 1, lambda v: v >= 1, ">= 1"),
+            max_gpu_memory=raw.get("max_gpu_memory", "").strip(),
+            max_num_seqs=get("max_num_seqs", int, 64, lambda v: v >= 1, ">= 1"),
+            max_queue_size=get("max_queue_size", int, 256, lambda v: v >= 0, ">= 0"),
+            kv_cache_tokens=get("kv_cache_tokens", int, 32768, lambda v: v >= 16, ">= 16"),
+            max_model_len=get("max_model_len", int, 0, lambda v: v >= 0, ">= 0"),
+            stream_interval=get("stream_interval", int, 1, lambda v: v >= 1, ">= 1"),
+            chat_template=raw.get("chat_template", ""),
+            cpu_threads=get("cpu_threads", int, 0, lambda v: v >= 0, ">= 0"),
+            trust_remote_code=get("trust_remote_code", _parse_bool, False),
+            seed=get("seed", int, 0),
+            served_model_names=tuple(
+                n.strip() for n in raw.get("served_model_names", "").split(",") if n.strip()
+            ),
+        )
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")

@@ -1,0 +1,68 @@
+"""Load a transformers causal LM and its tokenizer as EngineConfig describes."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import EngineConfig
+from .errors import EngineError
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_SCHEME = "package:"
+
+
+def resolve_model_path(model_path: str) -> str:
+    """`package:NAME[/sub/dir]` -> the folder of an installed package (not imported: some
+    weight packages import heavy plugins on import); anything else is returned unchanged."""
+    if not model_path.startswith(PACKAGE_SCHEME):
+        return model_path
+    name, _, sub = model_path[len(PACKAGE_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(f"model_path {model_path!r}: Python package {name!r} is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return str(folder / sub) if sub else str(folder)
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def load_model(config: EngineConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load weights on the instance's device (or split over `num_gpus` GPUs)."""
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    path = resolve_model_path(config.model_path)
+    tokenizer_path = resolve_model_path(config.tokenizer_path) if config.tokenizer_path else path
+    gguf: dict[str, Any] = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+    dtype = resolve_dtype(config.dtype, config.device)
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_path, trust_remote_code=config.trust_remote_code,
+        **(gguf if tokenizer_path == path else {}),
+    )
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, **gguf}
+    if config.device.startswith("cuda") and config.num_gpus > 1:
+        first = int(config.device.split(":")[1])
+        gpus = range(first, first + config.num_gpus)
+        kwargs["device_map"] = "auto"
+        if config.max_gpu_memory:
+            kwargs["max_memory"] = {g: config.max_gpu_memory for g in gpus}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(config.device)
+    model.eval()
+    if config.chat_template:
+        tokenizer.chat_template = config.chat_template
+    logger.info("loaded %s (%s) on %s", path, dtype, config.device)
+    return model, tokenizer

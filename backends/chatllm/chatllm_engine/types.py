@@ -1,0 +1,61 @@
+"""Plain data exchanged between the Triton adapter and the engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; defaults follow vLLM/OpenAI (temperature 1 = plain sampling)."""
+
+    max_tokens: int | None = None  # None: what the context (and KV budget) leaves
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1 = off
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation. Exactly one of `prompt`, `messages`, `prompt_token_ids` is set."""
+
+    request_id: str
+    prompt: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New output of one request: text delta since the last event, and the end if reached."""
+
+    request_id: str
+    text: str
+    num_output_tokens: int  # tokens covered by this event
+    num_input_tokens: int
+    finish_reason: FinishReason | None = None
+    token_ids: tuple[int, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,356 @@
+"""Triton adapter of the chatllm backend: tensors in, engine requests; engine events, responses out.
+
+The only module that imports `triton_python_backend_utils`. Threads:
+- Triton's execute() thread: parses requests and queues them on the engine (never blocks on
+  generation, so Triton's dynamic batcher keeps handing over new requests).
+- the engine thread: `LLMEngine.run()`, the step loop.
+- the response thread: turns engine events into responses, watches for cancellation and
+  publishes the engine's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from chatllm_engine.config import ConfigError, EngineConfig
+from chatllm_engine.engine import LLMEngine
+from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
+                                   RequestCancelled)
+from chatllm_engine.loader import load_model
+from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+
+SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
+SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens"}
+
+
+class _TritonLogHandler(logging.Handler):
+    """Forwards the engine's `logging` records to Triton's log with a [chatllm] prefix."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"[chatllm] {self.format(record)}"
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+logger = logging.getLogger("chatllm")
+
+
+def _error_code(exc: EngineError) -> int:
+    if isinstance(exc, (InvalidRequest, ContextTooLong)):
+        return pb_utils.TritonError.INVALID_ARG
+    if isinstance(exc, EngineOverloaded):
+        return pb_utils.TritonError.UNAVAILABLE
+    if isinstance(exc, RequestCancelled):
+        return pb_utils.TritonError.CANCELLED
+    return pb_utils.TritonError.INTERNAL
+
+
+def _error_label(exc: EngineError) -> str:
+    if isinstance(exc, (InvalidRequest, ContextTooLong)):
+        return "INVALID_ARG"
+    if isinstance(exc, EngineOverloaded):
+        return "UNAVAILABLE"
+    if isinstance(exc, RequestCancelled):
+        return "CANCELLED"
+    return "INTERNAL"
+
+
+def triton_error(exc: EngineError) -> Any:
+    """A TritonError whose message starts with its code: gRPC streams carry only the message."""
+    return pb_utils.TritonError(f"[{_error_label(exc)}] {exc}", _error_code(exc))
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    stream: bool = False
+    exclude_input: bool = False
+    finish_reason: bool = False
+    num_input_tokens: bool = False
+    num_output_tokens: bool = False
+
+
+@dataclass
+class InFlight:
+    """A request between execute() and its final response; owned by the response thread."""
+
+    sender: Any
+    options: OutputOptions
+    prompt: str
+    text: list[str] = field(default_factory=list)  # non-streaming: accumulated output
+    output_tokens: int = 0
+    input_tokens: int = 0
+
+
+def _scalar(request: Any, name: str) -> Any:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    value = tensor.as_numpy().reshape(-1)
+    return value[0] if value.size else None
+
+
+def _text(request: Any, name: str) -> str | None:
+    value = _scalar(request, name)
+    if value is None:
+        return None
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def parse_sampling(text: str | None) -> SamplingParams:
+    """vllm_backend's `sampling_parameters` JSON -> SamplingParams (unknown keys rejected)."""
+    if not text:
+        return SamplingParams()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"sampling_parameters is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequest("sampling_parameters must be a JSON object")
+    unknown = sorted(set(raw) - SAMPLING_KEYS)
+    if unknown:
+        raise InvalidRequest(f"unknown sampling parameter(s): {', '.join(unknown)}")
+    values = {k: v for k, v in raw.items() if v is not None}
+    stop = values.pop("stop", ())
+    stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+    try:
+        return SamplingParams(
+            stop=tuple(s for s in stop if s),
+            stop_token_ids=tuple(int(t) for t in values.pop("stop_token_ids", ())),
+            **{k: (int(v) if k in ("max_tokens", "top_k", "seed", "min_tokens") else
+                   bool(v) if k == "ignore_eos" else float(v)) for k, v in values.items()},
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"sampling_parameters has a value of the wrong type: {exc}") from exc
+
+
+class TritonPythonModel:
+    """The chatllm backend: one engine per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        handler = _TritonLogHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logging.getLogger("chatllm_engine").addHandler(handler)
+        logging.getLogger("chatllm_engine").setLevel(logging.INFO)
+        logger.setLevel(logging.INFO)
+
+        self.model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(self.model_config):
+            raise pb_utils.TritonModelException("chatllm needs `model_transaction_policy { decoupled: true }`")
+        try:
+            config = EngineConfig.from_model_config(
+                self.model_config, args.get("model_instance_kind", "CPU"),
+                int(args.get("model_instance_device_id", "0")))
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
+        self._batched = int(self.model_config.get("max_batch_size", 0)) > 0
+        model, tokenizer = load_model(config)
+        self.engine = LLMEngine(model, tokenizer, config)
+        self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"))
+
+        # _inflight is written by execute() (add) and the response thread (remove): _lock guards it.
+        self._lock = threading.Lock()
+        self._inflight: dict[str, InFlight] = {}
+        # Engine thread -> response thread.
+        self._events: queue.Queue[tuple[str, TokenEvent | EngineError] | None] = queue.Queue()
+        self._engine_thread = threading.Thread(target=self.engine.run, name="chatllm-engine", daemon=True)
+        self._response_thread = threading.Thread(target=self._respond_loop, name="chatllm-responses",
+                                                 daemon=True)
+        self._engine_thread.start()
+        self._response_thread.start()
+        logger.info("%s ready on %s: max_num_seqs=%d kv_cache_tokens=%d max_model_len=%d",
+                    args["model_name"], config.device, config.max_num_seqs, config.kv_cache_tokens,
+                    self.engine.max_model_len)
+
+    # ---- execute thread ------------------------------------------------------------------
+
+    def execute(self, requests: list[Any]) -> None:
+        if len(requests) > 1:
+            logger.info("execute() got %d requests at once", len(requests))
+        for request in requests:
+            self._submit(request)
+        return None
+
+    def _submit(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
+        try:
+            gen, options, prompt = self._parse(request, request_id)
+            with self._lock:
+                self._inflight[request_id] = InFlight(sender=sender, options=options, prompt=prompt)
+            try:
+                self.engine.add_request(gen, lambda event: self._events.put((request_id, event)))
+            except EngineError:
+                with self._lock:
+                    self._inflight.pop(request_id, None)
+                raise
+        except EngineError as exc:
+            logger.info("%s rejected: %s", request_id, exc)
+            sender.send(pb_utils.InferenceResponse(error=triton_error(exc)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
+        prompt = _text(request, "text_input")
+        messages_json = _text(request, "messages")
+        messages: tuple[dict[str, str], ...] | None = None
+        if messages_json:
+            try:
+                parsed = json.loads(messages_json)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(f"messages is not valid JSON: {exc}") from exc
+            if not isinstance(parsed, list) or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in parsed):
+                raise InvalidRequest("messages must be a JSON list of {role, content} strings")
+            messages = tuple(parsed)
+        elif prompt is None:
+            raise InvalidRequest("either text_input or messages is required")
+
+        def flag(name: str) -> bool:
+            value = _scalar(request, name)
+            return bool(value) if value is not None else False
+
+        options = OutputOptions(
+            stream=flag("stream"), exclude_input=flag("exclude_input_in_output") or messages is not None,
+            finish_reason=flag("return_finish_reason"), num_input_tokens=flag("return_num_input_tokens"),
+            num_output_tokens=flag("return_num_output_tokens"))
+        gen = GenerationRequest(
+            request_id=request_id, prompt=None if messages is not None else prompt, messages=messages,
+            sampling=parse_sampling(_text(request, "sampling_parameters")))
+        return gen, options, prompt or ""
+
+    # ---- response thread -----------------------------------------------------------------
+
+    def _respond_loop(self) -> None:
+        next_sweep = time.monotonic()
+        while True:
+            try:
+                item = self._events.get(timeout=SWEEP_INTERVAL_S)
+            except queue.Empty:
+                item = ()  # type: ignore[assignment]
+            if item is None:
+                break
+            if item:
+                request_id, event = item
+                self._deliver(request_id, event)
+            if time.monotonic() >= next_sweep:
+                self._sweep_cancelled()
+                self._metrics.publish(self.engine.stats)
+                next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+
+    def _deliver(self, request_id: str, event: TokenEvent | EngineError) -> None:
+        with self._lock:
+            entry = self._inflight.get(request_id)
+        if entry is None:  # already answered (cancelled)
+            return
+        if isinstance(event, EngineError):
+            self._finish(request_id, pb_utils.InferenceResponse(error=triton_error(event)))
+            return
+        entry.output_tokens += event.num_output_tokens
+        entry.input_tokens = event.num_input_tokens
+        if event.finish_reason is FinishReason.ABORT and entry.sender.is_cancelled():
+            self._finish(request_id, pb_utils.InferenceResponse(error=triton_error(RequestCancelled("cancelled"))))
+            return
+        if entry.options.stream:
+            response = self._response(entry, event.text, event, event.num_output_tokens)
+            if event.finished:
+                self._finish(request_id, response)
+            else:
+                entry.sender.send(response)
+            return
+        entry.text.append(event.text)
+        if event.finished:
+            text = "".join(entry.text)
+            if not entry.options.exclude_input:
+                text = entry.prompt + text
+            self._finish(request_id, self._response(entry, text, event, entry.output_tokens))
+
+    def _finish(self, request_id: str, response: Any) -> None:
+        with self._lock:
+            entry = self._inflight.pop(request_id, None)
+        if entry is not None:
+            entry.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _sweep_cancelled(self) -> None:
+        with self._lock:
+            entries = list(self._inflight.items())
+        for request_id, entry in entries:
+            if entry.sender.is_cancelled():
+                logger.info("%s cancelled by the client", request_id)
+                self.engine.abort(request_id)
+                self._finish(request_id, pb_utils.InferenceResponse(
+                    error=triton_error(RequestCancelled("the request was cancelled"))))
+
+    def _tensor(self, name: str, values: list[Any], dtype: Any) -> Any:
+        array = np.array(values, dtype=dtype)
+        return pb_utils.Tensor(name, array.reshape(1, -1) if self._batched else array)
+
+    def _response(self, entry: InFlight, text: str, event: TokenEvent, output_tokens: int) -> Any:
+        tensors = [self._tensor("text_output", [text.encode("utf-8")], np.object_)]
+        if entry.options.finish_reason:
+            reason = event.finish_reason.value if event.finish_reason else ""
+            tensors.append(self._tensor("finish_reason", [reason.encode()], np.object_))
+        if entry.options.num_input_tokens:
+            tensors.append(self._tensor("num_input_tokens", [entry.input_tokens], np.uint32))
+        if entry.options.num_output_tokens:
+            tensors.append(self._tensor("num_output_tokens", [output_tokens], np.uint32))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def finalize(self) -> None:
+        self.engine.stop()
+        self._engine_thread.join(timeout=10)
+        self._events.put(None)
+        self._response_thread.join(timeout=10)
+        logger.info("finalized; engine stats %s", self.engine.stats)
+
+
+class _Metrics:
+    """The engine's numbers as Triton custom metrics (served on Triton's :8002/metrics)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        labels = {"model": model, "version": version}
+        gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+
+        self._families: list[Any] = []  # a Metric is only valid while its family lives
+
+        def metric(name: str, doc: str, kind: Any) -> Any:
+            family = pb_utils.MetricFamily(name=name, description=doc, kind=kind)
+            self._families.append(family)
+            return family.Metric(labels=labels)
+
+        self.running = metric("chatllm_running_sequences", "Sequences in the running batch", gauge)
+        self.waiting = metric("chatllm_waiting_sequences", "Sequences waiting for admission", gauge)
+        self.kv_slots = metric("chatllm_kv_cache_slots", "KV-cache slots held by the batch (tokens)", gauge)
+        self.max_batch = metric("chatllm_max_batch_size", "Largest running batch so far", gauge)
+        self.output_tokens = metric("chatllm_output_tokens_total", "Output tokens generated", counter)
+        self.steps = metric("chatllm_decode_steps_total", "Decode steps run", counter)
+        self._published_tokens = 0
+        self._published_steps = 0
+
+    def publish(self, stats: Any) -> None:
+        self.running.set(stats.running)
+        self.waiting.set(stats.waiting)
+        self.kv_slots.set(stats.kv_slots)
+        self.max_batch.set(stats.max_batch_size)
+        tokens, steps = stats.output_tokens, stats.steps
+        if tokens > self._published_tokens:
+            self.output_tokens.increment(tokens - self._published_tokens)
+            self._published_tokens = tokens
+        if steps > self._published_steps:
+            self.steps.increment(steps - self._published_steps)
+            self._published_steps = steps

@@ -1,0 +1,27 @@
+"""Factory fixtures for real servers; see servers.py."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .servers import TritonProcess, launch_gateway, launch_triton
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_REPOSITORY = ROOT / "model_repository"
+TEST_REPOSITORY = ROOT / "tests" / "model_repository"
+
+
+@pytest.fixture
+def start_triton() -> Iterator[Callable[..., TritonProcess]]:
+    with contextlib.ExitStack() as stack:
+        yield lambda repo, extra_args=None: stack.enter_context(launch_triton(Path(repo), extra_args))
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., str]]:
+    with contextlib.ExitStack() as stack:
+        yield lambda urls, api_keys=None: stack.enter_context(launch_gateway(list(urls), api_keys))
