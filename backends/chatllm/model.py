@@ -203,6 +203,10 @@ class TritonPythonModel:
             logger.info("%s rejected: %s", request_id, exc)
             sender.send(pb_utils.InferenceResponse(error=triton_error(exc)),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as exc:  # noqa: BLE001 - every request gets a final response
+            logger.exception("%s failed", request_id)
+            sender.send(pb_utils.InferenceResponse(error=triton_error(EngineDead(f"internal error: {exc}"))),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
         prompt = _text(request, "text_input")

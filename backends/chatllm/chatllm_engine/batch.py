@@ -81,19 +81,33 @@ def _forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: to
 
 
 @torch.inference_mode()
-def prefill(model: PreTrainedModel, prompts: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
-    """Run the prompts (left-padded) in one pass; returns the batch and last-position logits."""
+def prefill(model: PreTrainedModel, prompts: list[list[int]], prefix_kv: KV | None = None
+            ) -> tuple[KVBatch, torch.Tensor]:
+    """Run the prompts in one pass; returns the batch and last-position logits [B, V].
+
+    With `prefix_kv` (a shared prefix of P tokens, [1 or B, ...] per layer) the prompts are
+    the parts after it: columns are [prefix][padding][prompt], so every row still ends at
+    the last column and positions continue from P.
+    """
     device = model.device
-    length = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), length), dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    rows, length = len(prompts), max(len(p) for p in prompts)
+    prefix_len = int(prefix_kv[0][0].shape[2]) if prefix_kv else 0
+    ids = torch.zeros((rows, length), dtype=torch.long)
+    mask = torch.zeros((rows, prefix_len + length), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    position_ids = torch.zeros((rows, length), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        ids[row, length - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, length - len(prompt):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits, kv = _forward(model, ids, mask, position_ids, DynamicCache())
-    positions = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+        pad = length - len(prompt)
+        ids[row, pad:] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, prefix_len + pad:] = 1
+        position_ids[row, pad:] = torch.arange(prefix_len, prefix_len + len(prompt))
+    ids, mask, position_ids = ids.to(device), mask.to(device), position_ids.to(device)
+    cache = DynamicCache()
+    if prefix_kv:
+        cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                             for k, v in prefix_kv])
+    logits, kv = _forward(model, ids, mask, position_ids, cache)
+    positions = torch.tensor([prefix_len + len(p) for p in prompts], dtype=torch.long, device=device)
     return KVBatch(kv=kv, attention_mask=mask, positions=positions), logits
 
 

@@ -22,6 +22,7 @@ from .batch import KVBatch, decode, prefill
 from .config import EngineConfig
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
 from .sampling import SequenceSampler, sample_next_tokens
+from .prefix_cache import PrefixCache, PrefillGroup, row_prefix_kv
 from .scheduler import FcfsScheduler
 from .text import IncrementalDetokenizer, StopStringMatcher
 from .types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
@@ -78,6 +79,7 @@ def _check_sampling(p: SamplingParams) -> None:
         (-2.0 <= p.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
         (-2.0 <= p.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
         (p.min_tokens >= 0, "min_tokens must be non-negative"),
+        (p.seed is None or -(2**63) <= p.seed < 2**64, "seed must fit in 64 bits"),
     ]
     for ok, message in checks:
         if not ok:
@@ -95,17 +97,20 @@ class LLMEngine:
             getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.stats = EngineStats()
         self._eos_ids = self._collect_eos_ids()
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._generator = torch.Generator(device=model.device)
         self._generator.manual_seed(config.seed)
         # _lock guards _scheduler, _aborted, _stopped: shared with add_request/abort callers.
         self._lock = threading.Condition()
         self._scheduler: FcfsScheduler[Sequence] = FcfsScheduler(
-            config.max_num_seqs, config.max_queue_size, config.kv_cache_tokens)
+            config.max_num_seqs, config.max_queue_size, config.kv_cache_tokens, config.max_prefill_tokens)
         self._aborted: set[str] = set()
         self._stopped = False
+        self._num_running = 0  # mirror of len(self._running) for add_request
         # Engine-thread state only.
         self._running: list[Sequence] = []
         self._batch: KVBatch | None = None
+        self._prefixes = PrefixCache(config.prefix_cache_tokens) if config.enable_prefix_caching else None
 
     # ---- caller side -------------------------------------------------------------------
 
@@ -137,6 +142,8 @@ class LLMEngine:
         prompt_ids = self.tokenize(request)
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty")
+        if not all(0 <= t < self._vocab_size for t in prompt_ids):
+            raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})")
         limit = min(self.max_model_len, self.config.kv_cache_tokens)
         room = limit - len(prompt_ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room
@@ -155,7 +162,7 @@ class LLMEngine:
         with self._lock:
             if self._stopped:
                 raise EngineDead("the engine has stopped")
-            self._scheduler.enqueue(seq, len(prompt_ids))
+            self._scheduler.enqueue(seq, len(prompt_ids), self._num_running)
             self._lock.notify()
         return len(prompt_ids)
 
@@ -204,7 +211,15 @@ class LLMEngine:
             admitted = self._scheduler.admit(len(self._running), batch_len)
             self.stats.waiting = len(self._scheduler)
         if admitted:
-            self._prefill(admitted)
+            try:
+                self._prefill(admitted)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a long prompt
+                # The running batch is untouched; only the sequences being admitted fail.
+                logger.exception("prefill of %d sequence(s) failed", len(admitted))
+                error = EngineDead(f"prefill failed: {exc}")
+                for seq in admitted:
+                    if not any(seq is r for r in self._running):
+                        self._emit(seq, error)
         if not self._running:
             self._update_stats()
             return
@@ -221,13 +236,33 @@ class LLMEngine:
         return [w.item for w in self._scheduler._waiting]  # noqa: SLF001 - same package
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        batch, logits = prefill(self.model, [s.prompt_ids + s.output_ids for s in seqs])
-        self.stats.prefills += 1
-        logger.debug("prefilled %d sequence(s) of up to %d tokens", len(seqs), batch.length)
-        self._batch = batch if self._batch is None else KVBatch.concatenate([self._batch, batch])
-        self._running.extend(seqs)
-        self._update_stats()
-        self._sample_and_emit(seqs, logits, offset=len(self._running) - len(seqs))
+        """Prefill newly admitted sequences (sharing cached prefixes) and append them."""
+        prompts = [s.prompt_ids + s.output_ids for s in seqs]
+        groups = self._prefixes.plan(prompts) if self._prefixes is not None else [
+            PrefillGroup(tuple(range(len(seqs))))]
+        for group in groups:
+            batch, logits = self._prefill_group(group, [prompts[i] for i in group.indices])
+            self.stats.prefills += 1
+            members = [seqs[i] for i in group.indices]
+            self._batch = batch if self._batch is None else KVBatch.concatenate([self._batch, batch])
+            self._running.extend(members)
+            self._update_stats()
+            self._sample_and_emit(members, logits, offset=len(self._running) - len(members))
+
+    def _prefill_group(self, group: PrefillGroup, prompts: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
+        if not group.prefix:
+            batch, logits = prefill(self.model, prompts)
+            first = prompts[0]
+            if self._prefixes is not None and len(first) > 1:  # later requests may share its start
+                self._prefixes.add(tuple(first[:-1]), row_prefix_kv(
+                    batch.kv, 0, batch.length - len(first), len(first) - 1))
+            return batch, logits
+        assert self._prefixes is not None
+        if not group.cached:
+            shared, _ = prefill(self.model, [list(group.prefix)])
+            self._prefixes.add(group.prefix, shared.kv)
+        prefix_kv = self._prefixes.get(group.prefix)
+        return prefill(self.model, [p[len(group.prefix):] for p in prompts], prefix_kv)
 
     def _preempt_if_needed(self) -> None:
         """Move the newest rows back to the queue until the next step fits the budget."""
@@ -316,6 +351,8 @@ class LLMEngine:
         self.stats.kv_slots = slots
         self.stats.peak_kv_slots = max(self.stats.peak_kv_slots, slots)
         self.stats.running = len(self._running)
+        with self._lock:
+            self._num_running = len(self._running)
 
     def _collect_eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()

@@ -29,8 +29,10 @@ class Waiting(Generic[S]):
 class FcfsScheduler(Generic[S]):
     """Waiting queue + admission. Not thread-safe: the engine calls it under its lock."""
 
-    def __init__(self, max_num_seqs: int, max_queue_size: int, kv_cache_tokens: int) -> None:
+    def __init__(self, max_num_seqs: int, max_queue_size: int, kv_cache_tokens: int,
+                 max_prefill_tokens: int | None = None) -> None:
         self.max_num_seqs = max_num_seqs
+        self.max_prefill_tokens = max_prefill_tokens
         self.max_queue_size = max_queue_size
         self.kv_cache_tokens = kv_cache_tokens
         self._waiting: deque[Waiting[S]] = deque()
@@ -38,10 +40,16 @@ class FcfsScheduler(Generic[S]):
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def enqueue(self, item: S, num_tokens: int) -> None:
-        """Queue a new request; raises EngineOverloaded when the queue is full."""
-        if len(self._waiting) >= self.max_queue_size:
-            raise EngineOverloaded(f"the waiting queue is full ({self.max_queue_size} requests)")
+    def enqueue(self, item: S, num_tokens: int, running: int) -> None:
+        """Queue a new request; raises EngineOverloaded when the queue is full.
+
+        Requests that free rows of the batch will take at the next step do not count
+        against max_queue_size: it bounds only those that must wait behind max_num_seqs.
+        """
+        free_rows = max(0, self.max_num_seqs - running)
+        if len(self._waiting) >= self.max_queue_size + free_rows:
+            raise EngineOverloaded(
+                f"the engine is at capacity ({self.max_num_seqs} running, {self.max_queue_size} waiting)")
         self._waiting.append(Waiting(item, num_tokens))
 
     def requeue_front(self, item: S, num_tokens: int) -> None:
@@ -59,18 +67,21 @@ class FcfsScheduler(Generic[S]):
         """Pop, in order, the waiting sequences that fit beside `running` rows of `padded_length`.
 
         Fits: under max_num_seqs, and rows x (padded length + 1 + headroom) within the budget
-        (an empty batch only needs room for the next token).
+        (an empty batch only needs room for the next token); at most max_prefill_tokens
+        prompt tokens in all, but always at least one sequence.
         """
         admitted: list[S] = []
-        rows, length = running, padded_length
+        rows, length, prefill_tokens = running, padded_length, 0
         while self._waiting and rows < self.max_num_seqs:
             head = self._waiting[0]
+            if admitted and self.max_prefill_tokens and prefill_tokens + head.num_tokens > self.max_prefill_tokens:
+                break
             new_length = max(length, head.num_tokens)
             headroom = ADMISSION_HEADROOM if rows else 0
             if (rows + 1) * (new_length + 1 + headroom) > self.kv_cache_tokens:
                 break
             admitted.append(self._waiting.popleft().item)
-            rows, length = rows + 1, new_length
+            rows, length, prefill_tokens = rows + 1, new_length, prefill_tokens + head.num_tokens
         return admitted
 
     def must_preempt(self, rows: int, padded_length: int) -> bool:

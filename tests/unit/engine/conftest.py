@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -57,3 +59,13 @@ def engine_config(**overrides: object) -> EngineConfig:
     base: dict[str, object] = {"model_path": "in-memory", "max_num_seqs": 64, "kv_cache_tokens": 8192}
     base.update(overrides)
     return EngineConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model's matmuls gain nothing from threads, and when the other core is busy
+    OpenMP's spin-waiting makes each of them a hundred times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,77 @@
+"""`python -m gateway`: run the gateway under uvicorn.
+
+Flags override `TRITONCHAT_GATEWAY_*` environment variables, which override defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from gateway.triton_client import TritonLLMClient
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway", description="OpenAI-compatible gateway for Triton LLM models"
+    )
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 9000)")
+    parser.add_argument(
+        "--triton-url",
+        dest="triton_urls",
+        action="append",
+        metavar="HOST:PORT",
+        help="Triton gRPC endpoint; repeat for several (default 127.0.0.1:8001)",
+    )
+    parser.add_argument(
+        "--api-key",
+        dest="api_keys",
+        action="append",
+        metavar="KEY",
+        help="accepted bearer key; repeat for several (default: no auth)",
+    )
+    parser.add_argument("--request-timeout-s", type=float, help="upper bound on one generation")
+    parser.add_argument("--model-list-ttl-s", type=float, help="cache time of the model list")
+    parser.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log level (default info)",
+    )
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    """Settings from the environment, with every flag that was given on top."""
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    return GatewaySettings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = settings_from_args(parse_args(argv))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    client = TritonLLMClient(settings.triton_urls, request_timeout_s=settings.request_timeout_s)
+    app = create_app(settings, client)
+    logger.info(
+        "gateway on http://%s:%d, Triton at %s, auth %s",
+        settings.host,
+        settings.port,
+        ", ".join(settings.triton_urls),
+        "on" if settings.api_keys else "off",
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""Typed gateway errors and the one mapping from upstream failures to HTTP.
+
+Every error the gateway answers with is a `GatewayError`; `app.py` turns it into OpenAI's
+error JSON in a single exception handler.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+RETRY_AFTER_S = 1
+"""Seconds suggested to clients in `Retry-After` on 429 and 503."""
+
+_CODE_PREFIX = re.compile(r"^\s*\[([A-Z_]+)\]\s*")
+
+
+class GatewayError(Exception):
+    """An error with everything needed for the HTTP answer."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        err_type: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.err_type = err_type
+        self.param = param
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for the answer."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(self.retry_after_s)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error object: `{"error": {...}}`."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.err_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    """The client sent something we cannot serve (400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(400, message, "invalid_request_error", param=param)
+
+
+class ModelNotFoundError(GatewayError):
+    """The requested model is not served (404)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            404,
+            f"The model `{model}` does not exist.",
+            "NotFoundError",
+            param="model",
+            code="model_not_found",
+        )
+
+
+class AuthenticationError(GatewayError):
+    """Missing or wrong API key (401)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message, "invalid_request_error", code="invalid_api_key")
+
+
+class UpstreamError(GatewayError):
+    """Triton (or the model) failed; built by `upstream_error`."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        err_type: str,
+        *,
+        code: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(
+            status_code, message, err_type, code=code, retry_after_s=retry_after_s
+        )
+
+
+# Model errors carry their code in brackets; gRPC statuses arrive as "StatusCode.X".
+# CANCELLED reaches a client only when someone else cancelled its request (e.g. Triton
+# shutting down): when the gateway cancels, nobody is reading any more.
+_BY_CODE: dict[str, tuple[int, str, str | None]] = {
+    "INVALID_ARG": (400, "invalid_request_error", None),
+    "INVALID_ARGUMENT": (400, "invalid_request_error", None),
+    "UNSUPPORTED": (400, "invalid_request_error", None),
+    "NOT_FOUND": (404, "NotFoundError", "model_not_found"),
+    "RESOURCE_EXHAUSTED": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "UNAVAILABLE": (503, "service_unavailable_error", "service_unavailable"),
+    "CANCELLED": (503, "service_unavailable_error", "cancelled"),
+    "DEADLINE_EXCEEDED": (504, "timeout_error", "timeout"),
+}
+_INTERNAL = (500, "server_error", None)
+
+
+def _code_from_status(grpc_status: str | None) -> str | None:
+    if not grpc_status:
+        return None
+    name = grpc_status.rsplit(".", 1)[-1].strip().upper()
+    return name or None
+
+
+def _code_from_message(message: str, *, specific: bool) -> str | None:
+    lowered = message.lower()
+    if specific:
+        if "exceeds maximum queue size" in lowered:
+            return "RESOURCE_EXHAUSTED"
+        if "unknown model" in lowered:
+            return "NOT_FOUND"
+    elif "not found" in lowered:
+        return "NOT_FOUND"
+    return None
+
+
+def strip_code_prefix(message: str) -> tuple[str | None, str]:
+    """Split `"[INVALID_ARG] text"` into `("INVALID_ARG", "text")`."""
+    match = _CODE_PREFIX.match(message)
+    if match is None:
+        return None, message.strip()
+    return match.group(1), message[match.end() :].strip()
+
+
+def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamError:
+    """Map an upstream failure to the HTTP error shown to clients.
+
+    Args:
+        message: The error text; a leading `[CODE]` set by our backend is used for the
+            mapping and stripped from what users see.
+        grpc_status: `InferenceServerException.status()` or a `grpc.StatusCode` name,
+            when the failure had a gRPC status (stream errors do not).
+    """
+    bracket_code, text = strip_code_prefix(message)
+    status_code = _code_from_status(grpc_status)
+    code = (
+        bracket_code
+        or _code_from_message(text, specific=True)
+        or (status_code if status_code in _BY_CODE else None)
+        or _code_from_message(text, specific=False)
+    )
+    status, err_type, err_code = _BY_CODE.get(code or "", _INTERNAL)
+    retry = RETRY_AFTER_S if status in (429, 503) else None
+    return UpstreamError(
+        status, text or "upstream error", err_type, code=err_code, retry_after_s=retry
+    )

@@ -1,0 +1,170 @@
+"""`POST /v1/chat/completions` and FastChat's `POST /api/v1/chat/completions`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway import sse
+from gateway.errors import InvalidRequestError
+from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.llm_client import GenerationInput
+from gateway.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatResponseMessage,
+    DeltaMessage,
+    FastChatCompletionRequest,
+)
+from gateway.serving import (
+    error_event,
+    first_delta,
+    for_choice,
+    get_state,
+    new_request_id,
+    prepend,
+    sampling_params,
+    usage_info,
+)
+from gateway.streaming import race_disconnect, sse_response
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+# Chat templates know system/user/assistant (and often tool); "developer" is OpenAI's
+# newer name for "system".
+_ROLE_FOR_TEMPLATE = {"developer": "system"}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    return await _serve(body, request)
+
+
+@router.post("/api/v1/chat/completions", response_model=None)
+async def create_fastchat_chat_completion(
+    body: FastChatCompletionRequest, request: Request
+) -> Response:
+    return await _serve(body, request)
+
+
+def _reject_unsupported(body: ChatCompletionRequest) -> None:
+    if body.logprobs or body.top_logprobs:
+        raise InvalidRequestError("logprobs are not supported", param="logprobs")
+    if body.tools:
+        raise InvalidRequestError("tools are not supported", param="tools")
+
+
+async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
+    request_id = new_request_id("chatcmpl")
+    request.state.request_id = request_id  # for the error handlers' log lines
+    _reject_unsupported(body)
+    state = get_state(request)
+    card = await state.registry.resolve(body.model)
+    messages = tuple(
+        {"role": _ROLE_FOR_TEMPLATE.get(m.role, m.role), "content": m.text()}
+        for m in body.messages
+    )
+    sampling = sampling_params(body, body.effective_max_tokens())
+    usage = UsageCounter()
+    choices = [
+        stream_choice(
+            state.client,
+            i,
+            GenerationInput(
+                model=card.triton_model,
+                messages=messages,
+                sampling=for_choice(sampling, i),
+                request_id=f"{request_id}-{i}",
+            ),
+            usage,
+        )
+        for i in range(body.n)
+    ]
+    logger.info("request %s: chat on %s, n=%d", request_id, card.triton_model, body.n)
+    events = merge(choices)
+    if body.stream:
+        first = await first_delta(request, events)
+        return sse_response(_sse(body, request_id, prepend(first, events), usage))
+    result = await race_disconnect(request, _collect(body, request_id, events, usage))
+    return JSONResponse(result.model_dump())
+
+
+async def _collect(
+    body: ChatCompletionRequest,
+    request_id: str,
+    events: AsyncIterator[ChoiceDelta],
+    usage: UsageCounter,
+) -> ChatCompletionResponse:
+    texts: list[list[str]] = [[] for _ in range(body.n)]
+    reasons: list[str | None] = [None] * body.n
+    async for delta in events:
+        texts[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+    return ChatCompletionResponse(
+        id=request_id,
+        model=body.model,
+        choices=[
+            ChatChoice(
+                index=i,
+                message=ChatResponseMessage(content="".join(texts[i])),
+                finish_reason=reasons[i],
+            )
+            for i in range(body.n)
+        ],
+        usage=usage_info(usage),
+    )
+
+
+async def _sse(
+    body: ChatCompletionRequest,
+    request_id: str,
+    events: AsyncGenerator[ChoiceDelta, None],
+    usage: UsageCounter,
+) -> AsyncIterator[str]:
+    """Role chunk per choice, content chunks as they come, a finish chunk per choice,
+    the usage chunk when asked for, then `[DONE]`; a failure becomes one error event."""
+    created = int(time.time())
+
+    def chunk(index: int, delta: DeltaMessage, finish_reason: str | None = None) -> str:
+        return sse.event(
+            ChatCompletionChunk(
+                id=request_id,
+                created=created,
+                model=body.model,
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
+            )
+        )
+
+    try:
+        for i in range(body.n):
+            yield chunk(i, DeltaMessage(role="assistant", content=""))
+        async for delta in events:
+            if delta.text:
+                yield chunk(delta.index, DeltaMessage(content=delta.text))
+            if delta.finish_reason is not None:
+                yield chunk(delta.index, DeltaMessage(), delta.finish_reason)
+        if body.include_usage():
+            yield sse.event(
+                ChatCompletionChunk(
+                    id=request_id,
+                    created=created,
+                    model=body.model,
+                    choices=[],
+                    usage=usage_info(usage),
+                )
+            )
+    except Exception as exc:  # after the 200: report in-band, then end the stream
+        yield sse.event(error_event(exc, request_id))
+    finally:
+        await events.aclose()
+    yield sse.DONE

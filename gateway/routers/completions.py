@@ -1,0 +1,156 @@
+"""`POST /v1/completions`: one or several prompts, `n` choices each, optional `echo`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway import sse
+from gateway.errors import InvalidRequestError
+from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.llm_client import GenerationInput
+from gateway.protocol import (
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+)
+from gateway.serving import (
+    error_event,
+    first_delta,
+    for_choice,
+    get_state,
+    new_request_id,
+    prepend,
+    sampling_params,
+    usage_info,
+)
+from gateway.streaming import race_disconnect, sse_response
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    request_id = new_request_id("cmpl")
+    request.state.request_id = request_id  # for the error handlers' log lines
+    if body.logprobs is not None:
+        raise InvalidRequestError("logprobs are not supported", param="logprobs")
+    if body.suffix:
+        raise InvalidRequestError("suffix is not supported", param="suffix")
+    state = get_state(request)
+    card = await state.registry.resolve(body.model)
+    prompts = body.prompts()
+    sampling = sampling_params(body, body.max_tokens)
+    usage = UsageCounter()
+    # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
+    choices = [
+        stream_choice(
+            state.client,
+            p * body.n + j,
+            GenerationInput(
+                model=card.triton_model,
+                prompt=prompt,
+                sampling=for_choice(sampling, j),
+                request_id=f"{request_id}-{p * body.n + j}",
+            ),
+            usage,
+            prompt_group=p,
+        )
+        for p, prompt in enumerate(prompts)
+        for j in range(body.n)
+    ]
+    logger.info(
+        "request %s: completion on %s, %d prompt(s), n=%d",
+        request_id,
+        card.triton_model,
+        len(prompts),
+        body.n,
+    )
+    events = merge(choices)
+    if body.stream:
+        first = await first_delta(request, events)
+        return sse_response(_sse(body, request_id, prepend(first, events), usage))
+    result = await race_disconnect(request, _collect(body, request_id, events, usage))
+    return JSONResponse(result.model_dump())
+
+
+def _echo_text(body: CompletionRequest, index: int) -> str:
+    return body.prompts()[index // body.n] if body.echo else ""
+
+
+async def _collect(
+    body: CompletionRequest,
+    request_id: str,
+    events: AsyncIterator[ChoiceDelta],
+    usage: UsageCounter,
+) -> CompletionResponse:
+    count = len(body.prompts()) * body.n
+    texts: list[list[str]] = [[_echo_text(body, i)] for i in range(count)]
+    reasons: list[str | None] = [None] * count
+    async for delta in events:
+        texts[delta.index].append(delta.text)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+    return CompletionResponse(
+        id=request_id,
+        model=body.model,
+        choices=[
+            CompletionChoice(index=i, text="".join(texts[i]), finish_reason=reasons[i])
+            for i in range(count)
+        ],
+        usage=usage_info(usage),
+    )
+
+
+async def _sse(
+    body: CompletionRequest,
+    request_id: str,
+    events: AsyncGenerator[ChoiceDelta, None],
+    usage: UsageCounter,
+) -> AsyncIterator[str]:
+    """Echoed prompts first (when asked), text chunks as they come, a finish chunk per
+    choice, the usage chunk when asked for, then `[DONE]`; a failure becomes one error
+    event."""
+    created = int(time.time())
+
+    def chunk(index: int, text: str, finish_reason: str | None = None) -> str:
+        return sse.event(
+            CompletionChunk(
+                id=request_id,
+                created=created,
+                model=body.model,
+                choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)],
+            )
+        )
+
+    try:
+        if body.echo:
+            for i in range(len(body.prompts()) * body.n):
+                yield chunk(i, _echo_text(body, i))
+        async for delta in events:
+            if delta.text:
+                yield chunk(delta.index, delta.text)
+            if delta.finish_reason is not None:
+                yield chunk(delta.index, "", delta.finish_reason)
+        if body.include_usage():
+            yield sse.event(
+                CompletionChunk(
+                    id=request_id,
+                    created=created,
+                    model=body.model,
+                    choices=[],
+                    usage=usage_info(usage),
+                )
+            )
+    except Exception as exc:  # after the 200: report in-band, then end the stream
+        yield sse.event(error_event(exc, request_id))
+    finally:
+        await events.aclose()
+    yield sse.DONE

@@ -1,0 +1,36 @@
+"""Gateway configuration, read from `TRITONCHAT_GATEWAY_*` environment variables.
+
+List values are JSON in the environment, e.g.
+`TRITONCHAT_GATEWAY_TRITON_URLS='["127.0.0.1:8001"]'`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway process needs; built once and passed to `create_app`."""
+
+    model_config = SettingsConfigDict(env_prefix="TRITONCHAT_GATEWAY_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=0, le=65535)
+    triton_urls: list[str] = Field(default_factory=lambda: ["127.0.0.1:8001"])
+    """Triton gRPC endpoints (host:port); the first one serves requests for now."""
+    api_keys: list[str] = Field(default_factory=list)
+    """When non-empty, every route but /health needs `Authorization: Bearer <key>`."""
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    """Upper bound on one generation, passed to gRPC as the stream deadline."""
+    model_list_ttl_s: float = Field(default=5.0, ge=0)
+    """How long the model list from Triton is reused before asking again."""
+    log_level: str = "info"
+
+    @field_validator("triton_urls")
+    @classmethod
+    def _at_least_one_url(cls, urls: list[str]) -> list[str]:
+        cleaned = [u.strip() for u in urls if u.strip()]
+        if not cleaned:
+            raise ValueError("at least one Triton gRPC URL is required")
+        return cleaned

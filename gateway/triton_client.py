@@ -1,0 +1,312 @@
+"""`LLMClient` over Triton's gRPC API: the only module that imports tritonclient.
+
+Control calls (repository index, model configs, readiness) go through
+`tritonclient.grpc.aio.InferenceServerClient`. Generation uses the `ModelStreamInfer`
+bidirectional stream directly on the service stub, because the aio client's
+`stream_infer` cannot ask for `triton_enable_empty_final_response` (a reserved
+parameter), and without it a model that ends with a bare final flag would leave us
+waiting. Cancelling the stream's call (`call.cancel()`, what the aio client's
+`stream_infer(...).cancel()` does) makes Triton cancel the request, so the backend sees
+`is_cancelled()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy.typing as npt
+from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import UpstreamError, upstream_error
+from gateway.llm_client import GenerationChunk, GenerationInput, ModelCard, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
+_FINAL = "triton_final_response"
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """What the gateway needs to know about one decoupled Triton model."""
+
+    name: str
+    batched: bool
+    """`max_batch_size > 0`: inputs carry a batch dimension ([1, 1] instead of [1])."""
+    aliases: tuple[str, ...]
+    context_length: int | None
+
+    def cards(self) -> list[ModelCard]:
+        names = dict.fromkeys((self.name, *self.aliases))
+        return [ModelCard(n, self.name, self.context_length) for n in names]
+
+
+def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
+    """Read a model config (JSON form); None for models that are not decoupled LLMs."""
+    if not config.get("model_transaction_policy", {}).get("decoupled", False):
+        return None
+    params = config.get("parameters", {})
+
+    def param(key: str) -> str:
+        return str(params.get(key, {}).get("string_value", "")).strip()
+
+    aliases = tuple(a.strip() for a in param("served_model_names").split(",") if a.strip())
+    context_length: int | None = None
+    if param("max_model_len"):
+        try:
+            context_length = int(param("max_model_len"))
+        except ValueError:
+            logger.warning(
+                "model %s: max_model_len %r is not an integer", name, param("max_model_len")
+            )
+    return TritonModel(
+        name=name,
+        batched=int(config.get("max_batch_size", 0)) > 0,
+        aliases=aliases,
+        context_length=context_length,
+    )
+
+
+def sampling_json(sampling: SamplingParams) -> str:
+    """The `sampling_parameters` tensor: only the fields that are set."""
+    fields: dict[str, Any] = {
+        k: v for k, v in dataclasses.asdict(sampling).items() if v is not None and k != "stop"
+    }
+    if sampling.stop:
+        fields["stop"] = list(sampling.stop)
+    if not sampling.ignore_eos:
+        fields.pop("ignore_eos")
+    return json.dumps(fields, ensure_ascii=False)
+
+
+def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelInferRequest:
+    """The `ModelInferRequest` for one generation (vllm_backend-compatible tensors)."""
+    request = service_pb2.ModelInferRequest(model_name=inp.model, id=inp.request_id)
+    shape = [1, 1] if batched else [1]
+
+    def add(name: str, value: str | bool) -> None:
+        tensor = request.inputs.add(name=name, shape=shape)
+        if isinstance(value, bool):
+            tensor.datatype = "BOOL"
+            tensor.contents.bool_contents.append(value)
+        else:
+            tensor.datatype = "BYTES"
+            tensor.contents.bytes_contents.append(value.encode("utf-8"))
+
+    if inp.messages is not None:
+        add("messages", json.dumps(list(inp.messages), ensure_ascii=False))
+    else:
+        add("text_input", inp.prompt or "")
+    add("stream", True)
+    add("sampling_parameters", sampling_json(inp.sampling))
+    add("exclude_input_in_output", True)
+    add("return_finish_reason", True)
+    add("return_num_input_tokens", True)
+    add("return_num_output_tokens", True)
+    for name in OUTPUTS:
+        request.outputs.add(name=name)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+@dataclass(frozen=True)
+class StreamResponse:
+    """One decoded stream response."""
+
+    text: str
+    finish_reason: str | None
+    num_input_tokens: int | None
+    num_output_tokens: int | None
+    final: bool
+
+
+def _strings(array: npt.NDArray[Any] | None) -> list[str]:
+    if array is None:
+        return []
+    return [
+        item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+        for item in array.reshape(-1)
+    ]
+
+
+def _ints(array: npt.NDArray[Any] | None) -> list[int]:
+    return [] if array is None else [int(x) for x in array.reshape(-1)]
+
+
+def decode_response(response: service_pb2.ModelInferResponse) -> StreamResponse:
+    """Outputs of one response; the final response may have none."""
+    final = _FINAL in response.parameters and response.parameters[_FINAL].bool_param
+    if not response.outputs:
+        return StreamResponse("", None, None, None, final)
+    result = InferResult(response)
+    reasons = [r for r in _strings(result.as_numpy("finish_reason")) if r]
+    inputs = _ints(result.as_numpy("num_input_tokens"))
+    outputs = _ints(result.as_numpy("num_output_tokens"))
+    return StreamResponse(
+        text="".join(_strings(result.as_numpy("text_output"))),
+        finish_reason=reasons[0] if reasons else None,
+        num_input_tokens=inputs[0] if inputs else None,
+        num_output_tokens=sum(outputs) if outputs else None,
+        final=final,
+    )
+
+
+def _from_exception(exc: InferenceServerException) -> UpstreamError:
+    return upstream_error(str(exc.message() or exc), exc.status())
+
+
+def _from_rpc_error(exc: grpc.aio.AioRpcError) -> UpstreamError:
+    return upstream_error(exc.details() or str(exc.code()), exc.code().name)
+
+
+async def _one(
+    request: service_pb2.ModelInferRequest,
+) -> AsyncIterator[service_pb2.ModelInferRequest]:
+    # Ending the request stream half-closes the call; Triton still answers in full.
+    yield request
+
+
+class TritonLLMClient:
+    """Generation and model discovery on one Triton server (the first of `urls`).
+
+    Connections are opened on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        request_timeout_s: float | None = None,
+        control_timeout_s: float = 10.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one Triton gRPC URL is required")
+        self._url = urls[0]
+        if len(urls) > 1:
+            logger.warning("several Triton URLs given; only %s is used for now", self._url)
+        self._request_timeout_s = request_timeout_s
+        self._control_timeout_s = control_timeout_s
+        self._admin: InferenceServerClient | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+        # Owner: the event loop. Refreshed by list_models, filled lazily by generate.
+        self._models: dict[str, TritonModel] = {}
+
+    def _control(self) -> InferenceServerClient:
+        if self._admin is None:
+            self._admin = InferenceServerClient(self._url)
+        return self._admin
+
+    def _inference_stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                self._url,
+                options=[
+                    ("grpc.max_send_message_length", 2**31 - 1),
+                    ("grpc.max_receive_message_length", 2**31 - 1),
+                ],
+            )
+            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        return self._stub
+
+    async def list_models(self) -> list[ModelCard]:
+        admin = self._control()
+        try:
+            index = await admin.get_model_repository_index(
+                as_json=True, client_timeout=self._control_timeout_s
+            )
+        except InferenceServerException as exc:
+            raise _from_exception(exc) from None
+        names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+        found = await asyncio.gather(*(self._fetch_model(n, missing_ok=True) for n in names))
+        self._models = {m.name: m for m in found if m is not None}
+        return [card for model in self._models.values() for card in model.cards()]
+
+    async def _fetch_model(self, name: str, *, missing_ok: bool = False) -> TritonModel | None:
+        try:
+            config = await self._control().get_model_config(
+                name, as_json=True, client_timeout=self._control_timeout_s
+            )
+        except InferenceServerException as exc:
+            error = _from_exception(exc)
+            if missing_ok and error.status_code == 404:
+                return None  # unloaded between the index and this call
+            raise error from None
+        return parse_model_config(name, config.get("config", {}))
+
+    async def _model(self, name: str) -> TritonModel:
+        model = self._models.get(name)
+        if model is None:
+            model = await self._fetch_model(name)
+            if model is None:
+                raise UpstreamError(
+                    400,
+                    f"model `{name}` is not a decoupled (streaming) LLM model",
+                    "invalid_request_error",
+                )
+            self._models[name] = model
+        return model
+
+    async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
+        """Stream one generation; closing the iterator cancels the gRPC stream."""
+        model = await self._model(inp.model)
+        request = build_request(inp, batched=model.batched)
+        call = self._inference_stub().ModelStreamInfer(
+            _one(request), timeout=self._request_timeout_s
+        )
+        finished = False
+        finish_reason: str | None = None
+        try:
+            async for message in call:
+                if message.error_message:
+                    finished = True
+                    raise upstream_error(message.error_message)
+                response = decode_response(message.infer_response)
+                finish_reason = response.finish_reason or finish_reason
+                # Older backends do not count tokens: one token per non-empty response.
+                tokens = response.num_output_tokens
+                if tokens is None:
+                    tokens = 1 if response.text else 0
+                if response.final:
+                    finished = True
+                    yield GenerationChunk(
+                        response.text, finish_reason or "stop", response.num_input_tokens, tokens
+                    )
+                    return
+                if response.text or response.num_input_tokens is not None:
+                    yield GenerationChunk(response.text, None, response.num_input_tokens, tokens)
+        except grpc.aio.AioRpcError as exc:
+            finished = True
+            raise _from_rpc_error(exc) from None
+        finally:
+            if not finished:
+                logger.info("request %s: cancelling the Triton stream", inp.request_id)
+                call.cancel()
+        raise UpstreamError(
+            500, "Triton closed the stream before the final response", "server_error"
+        )
+
+    async def is_ready(self) -> bool:
+        try:
+            ready = await self._control().is_server_ready(client_timeout=self._control_timeout_s)
+            return bool(ready)
+        except (InferenceServerException, grpc.RpcError) as exc:
+            logger.info("Triton at %s is not ready: %s", self._url, exc)
+            return False
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
