@@ -10,6 +10,7 @@ The only module that imports `triton_python_backend_utils`. Threads:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -27,11 +28,12 @@ from chatllm_engine.engine import LLMEngine
 from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
                                    RequestCancelled)
 from chatllm_engine.loader import load_model
-from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
 SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens"}
+                 "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "logprobs"}
+_INT_KEYS = ("max_tokens", "top_k", "seed", "min_tokens", "logprobs")
 
 
 class _TritonLogHandler(logging.Handler):
@@ -82,6 +84,7 @@ class OutputOptions:
     finish_reason: bool = False
     num_input_tokens: bool = False
     num_output_tokens: bool = False
+    logprobs: bool = False
 
 
 @dataclass
@@ -92,8 +95,23 @@ class InFlight:
     options: OutputOptions
     prompt: str
     text: list[str] = field(default_factory=list)  # non-streaming: accumulated output
+    submitted: float = field(default_factory=time.monotonic)  # for the time-to-first-token metric
     output_tokens: int = 0
     input_tokens: int = 0
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # non-streaming: accumulated
+
+
+def logprobs_json(entries: tuple[TokenLogprobs, ...] | list[TokenLogprobs]) -> str:
+    """vllm_backend's `logprobs` output: per token, `{token_id: {logprob, rank, decoded_token}}`
+    with the sampled token first, then the most likely ones (the sampled one appears once)."""
+    positions = []
+    for entry in entries:
+        position: dict[str, dict[str, Any]] = {}
+        for item in (entry.sampled, *entry.top):
+            position.setdefault(str(item.token_id), {
+                "logprob": item.logprob, "rank": item.rank, "decoded_token": item.decoded_token})
+        positions.append(position)
+    return json.dumps(positions, ensure_ascii=False)
 
 
 def _scalar(request: Any, name: str) -> Any:
@@ -131,7 +149,7 @@ def parse_sampling(text: str | None) -> SamplingParams:
         return SamplingParams(
             stop=tuple(s for s in stop if s),
             stop_token_ids=tuple(int(t) for t in values.pop("stop_token_ids", ())),
-            **{k: (int(v) if k in ("max_tokens", "top_k", "seed", "min_tokens") else
+            **{k: (int(v) if k in _INT_KEYS else
                    bool(v) if k == "ignore_eos" else float(v)) for k, v in values.items()},
         )
     except (TypeError, ValueError) as exc:
@@ -161,7 +179,8 @@ class TritonPythonModel:
         self._batched = int(self.model_config.get("max_batch_size", 0)) > 0
         model, tokenizer = load_model(config)
         self.engine = LLMEngine(model, tokenizer, config)
-        self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"))
+        self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"),
+                                 args.get("model_instance_name", ""), config.kv_cache_tokens)
 
         # _inflight is written by execute() (add) and the response thread (remove): _lock guards it.
         self._lock = threading.Lock()
@@ -191,6 +210,9 @@ class TritonPythonModel:
         request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
         try:
             gen, options, prompt = self._parse(request, request_id)
+            if _scalar(request, "count_tokens_only"):
+                self._count_tokens(sender, gen)
+                return
             with self._lock:
                 self._inflight[request_id] = InFlight(sender=sender, options=options, prompt=prompt)
             try:
@@ -207,6 +229,16 @@ class TritonPythonModel:
             logger.exception("%s failed", request_id)
             sender.send(pb_utils.InferenceResponse(error=triton_error(EngineDead(f"internal error: {exc}"))),
                         flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _count_tokens(self, sender: Any, gen: GenerationRequest) -> None:
+        """Answer with the prompt's token count (`num_input_tokens`) without generating."""
+        count = 0 if gen.prompt == "" else len(self.engine.tokenize(gen))
+        tensors = [self._tensor("text_output", [b""], np.object_),
+                   self._tensor("finish_reason", [b""], np.object_),
+                   self._tensor("num_input_tokens", [count], np.uint32),
+                   self._tensor("num_output_tokens", [0], np.uint32)]
+        sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
         prompt = _text(request, "text_input")
@@ -232,10 +264,17 @@ class TritonPythonModel:
         options = OutputOptions(
             stream=flag("stream"), exclude_input=flag("exclude_input_in_output") or messages is not None,
             finish_reason=flag("return_finish_reason"), num_input_tokens=flag("return_num_input_tokens"),
-            num_output_tokens=flag("return_num_output_tokens"))
+            num_output_tokens=flag("return_num_output_tokens"), logprobs=flag("return_logprobs"))
+        sampling = parse_sampling(_text(request, "sampling_parameters"))
+        # Logprobs cost work per step: computed only when they are returned (0 alternatives
+        # unless `logprobs` in sampling_parameters asks for more).
+        if not options.logprobs:
+            sampling = dataclasses.replace(sampling, logprobs=None)
+        elif sampling.logprobs is None:
+            sampling = dataclasses.replace(sampling, logprobs=0)
         gen = GenerationRequest(
             request_id=request_id, prompt=None if messages is not None else prompt, messages=messages,
-            sampling=parse_sampling(_text(request, "sampling_parameters")))
+            sampling=sampling)
         return gen, options, prompt or ""
 
     # ---- response thread -----------------------------------------------------------------
@@ -265,6 +304,8 @@ class TritonPythonModel:
         if isinstance(event, EngineError):
             self._finish(request_id, pb_utils.InferenceResponse(error=triton_error(event)))
             return
+        if entry.output_tokens == 0 and event.num_output_tokens > 0:
+            self._metrics.observe_ttft(time.monotonic() - entry.submitted)
         entry.output_tokens += event.num_output_tokens
         entry.input_tokens = event.num_input_tokens
         if event.finish_reason is FinishReason.ABORT and entry.sender.is_cancelled():
@@ -278,11 +319,13 @@ class TritonPythonModel:
                 entry.sender.send(response)
             return
         entry.text.append(event.text)
+        if event.logprobs:
+            entry.logprobs.extend(event.logprobs)
         if event.finished:
             text = "".join(entry.text)
             if not entry.options.exclude_input:
                 text = entry.prompt + text
-            self._finish(request_id, self._response(entry, text, event, entry.output_tokens))
+            self._finish(request_id, self._response(entry, text, event, entry.output_tokens, entry.logprobs))
 
     def _finish(self, request_id: str, response: Any) -> None:
         with self._lock:
@@ -304,7 +347,8 @@ class TritonPythonModel:
         array = np.array(values, dtype=dtype)
         return pb_utils.Tensor(name, array.reshape(1, -1) if self._batched else array)
 
-    def _response(self, entry: InFlight, text: str, event: TokenEvent, output_tokens: int) -> Any:
+    def _response(self, entry: InFlight, text: str, event: TokenEvent, output_tokens: int,
+                  logprobs: list[TokenLogprobs] | None = None) -> Any:
         tensors = [self._tensor("text_output", [text.encode("utf-8")], np.object_)]
         if entry.options.finish_reason:
             reason = event.finish_reason.value if event.finish_reason else ""
@@ -313,6 +357,9 @@ class TritonPythonModel:
             tensors.append(self._tensor("num_input_tokens", [entry.input_tokens], np.uint32))
         if entry.options.num_output_tokens:
             tensors.append(self._tensor("num_output_tokens", [output_tokens], np.uint32))
+        if entry.options.logprobs:
+            entries = logprobs if logprobs is not None else (event.logprobs or ())
+            tensors.append(self._tensor("logprobs", [logprobs_json(entries).encode("utf-8")], np.object_))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
@@ -324,37 +371,56 @@ class TritonPythonModel:
 
 
 class _Metrics:
-    """The engine's numbers as Triton custom metrics (served on Triton's :8002/metrics)."""
+    """The engine's numbers as Triton custom metrics (served on Triton's :8002/metrics).
 
-    def __init__(self, model: str, version: str) -> None:
-        labels = {"model": model, "version": version}
+    Labels: model, version and instance (`model_instance_name`), so several instances of one
+    model publish separate gauges; sum over `instance` for the model. Written only by the
+    response thread.
+    """
+
+    TTFT_BUCKETS = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0]
+
+    def __init__(self, model: str, version: str, instance: str, kv_cache_tokens: int) -> None:
+        labels = {"model": model, "version": version, "instance": instance}
         gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
+        histogram = pb_utils.MetricFamily.HISTOGRAM
 
         self._families: list[Any] = []  # a Metric is only valid while its family lives
 
-        def metric(name: str, doc: str, kind: Any) -> Any:
+        def metric(name: str, doc: str, kind: Any, **kwargs: Any) -> Any:
             family = pb_utils.MetricFamily(name=name, description=doc, kind=kind)
             self._families.append(family)
-            return family.Metric(labels=labels)
+            return family.Metric(labels=labels, **kwargs)
 
         self.running = metric("chatllm_running_sequences", "Sequences in the running batch", gauge)
         self.waiting = metric("chatllm_waiting_sequences", "Sequences waiting for admission", gauge)
         self.kv_slots = metric("chatllm_kv_cache_slots", "KV-cache slots held by the batch (tokens)", gauge)
+        self.kv_usage = metric("chatllm_kv_cache_usage_ratio",
+                               "KV-cache slots held over the kv_cache_tokens budget (0..1)", gauge)
         self.max_batch = metric("chatllm_max_batch_size", "Largest running batch so far", gauge)
         self.output_tokens = metric("chatllm_output_tokens_total", "Output tokens generated", counter)
         self.steps = metric("chatllm_decode_steps_total", "Decode steps run", counter)
-        self._published_tokens = 0
-        self._published_steps = 0
+        self.preemptions = metric("chatllm_preemptions_total",
+                                  "Sequences preempted (sent back to waiting) for lack of KV cache", counter)
+        self.ttft = metric("chatllm_time_to_first_token_seconds",
+                           "From execute() handing a request to the engine to its first output token "
+                           "(Triton's queue time before that is nv_inference_queue_duration_us)",
+                           histogram, buckets=self.TTFT_BUCKETS)
+        self._kv_capacity = max(1, kv_cache_tokens)
+        self._published = {"tokens": 0, "steps": 0, "preemptions": 0}
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
 
     def publish(self, stats: Any) -> None:
         self.running.set(stats.running)
         self.waiting.set(stats.waiting)
         self.kv_slots.set(stats.kv_slots)
+        self.kv_usage.set(stats.kv_slots / self._kv_capacity)
         self.max_batch.set(stats.max_batch_size)
-        tokens, steps = stats.output_tokens, stats.steps
-        if tokens > self._published_tokens:
-            self.output_tokens.increment(tokens - self._published_tokens)
-            self._published_tokens = tokens
-        if steps > self._published_steps:
-            self.steps.increment(steps - self._published_steps)
-            self._published_steps = steps
+        for key, value, counter in (("tokens", stats.output_tokens, self.output_tokens),
+                                    ("steps", stats.steps, self.steps),
+                                    ("preemptions", stats.preemptions, self.preemptions)):
+            if value > self._published[key]:
+                counter.increment(value - self._published[key])
+                self._published[key] = value

@@ -21,11 +21,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .batch import KVBatch, decode, prefill
 from .config import EngineConfig
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
-from .sampling import SequenceSampler, sample_next_tokens
+from .sampling import MAX_LOGPROBS, SequenceSampler, sample_next_tokens, token_logprobs
 from .prefix_cache import PrefixCache, PrefillGroup, row_prefix_kv
 from .scheduler import FcfsScheduler
 from .text import IncrementalDetokenizer, StopStringMatcher
-from .types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from .types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     pending_text: str = ""
     pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # only when asked for
     next_token: int | None = None  # sampled, not yet fed to the model
 
     @property
@@ -80,6 +81,7 @@ def _check_sampling(p: SamplingParams) -> None:
         (-2.0 <= p.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
         (p.min_tokens >= 0, "min_tokens must be non-negative"),
         (p.seed is None or -(2**63) <= p.seed < 2**64, "seed must fit in 64 bits"),
+        (p.logprobs is None or 0 <= p.logprobs <= MAX_LOGPROBS, f"logprobs must be between 0 and {MAX_LOGPROBS}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -226,7 +228,8 @@ class LLMEngine:
         self._preempt_if_needed()
         assert self._batch is not None
         tokens = [s.next_token for s in self._running]
-        self._batch, logits = decode(self.model, self._batch, tokens)  # type: ignore[arg-type]
+        max_capacity = self.config.kv_cache_tokens // len(self._running)
+        self._batch, logits = decode(self.model, self._batch, tokens, max_capacity)  # type: ignore[arg-type]
         self.stats.steps += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(self._running))
         self._update_stats()
@@ -281,16 +284,26 @@ class LLMEngine:
         suppress = [sorted(s.stop_ids) if len(s.output_ids) < s.request.sampling.min_tokens else []
                     for s in seqs]
         tokens = sample_next_tokens(logits, [s.sampler for s in seqs], suppress)
+        logprobs = self._logprobs(seqs, logits, tokens)
         finished: list[int] = []
         for row, (seq, token) in enumerate(zip(seqs, tokens)):
-            reason = self._advance(seq, token)
+            reason = self._advance(seq, token, logprobs.get(row))
             if reason is not None:
                 finished.append(offset + row)
         self.stats.output_tokens += len(seqs)
         if finished:
             self._drop(finished, abort=False)
 
-    def _advance(self, seq: Sequence, token: int) -> FinishReason | None:
+    def _logprobs(self, seqs: list[Sequence], logits: torch.Tensor, tokens: list[int]) -> dict[int, TokenLogprobs]:
+        """Logprobs of the rows whose request asked for them (nothing to do for the others)."""
+        rows = [i for i, s in enumerate(seqs) if s.request.sampling.logprobs is not None]
+        if not rows:
+            return {}
+        top_n = [seqs[i].request.sampling.logprobs or 0 for i in rows]
+        found = token_logprobs(logits, rows, tokens, top_n, lambda t: self.tokenizer.decode([t]))
+        return dict(zip(rows, found))
+
+    def _advance(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None) -> FinishReason | None:
         """Append a token to `seq`, emit due text; returns the finish reason if it ended."""
         seq.sampler.record(token)
         seq.output_ids.append(token)
@@ -300,6 +313,8 @@ class LLMEngine:
         if token in seq.stop_ids:
             reason = FinishReason.STOP
         else:
+            if logprobs is not None:
+                seq.pending_logprobs.append(logprobs)
             seq.pending_text += seq.stops.feed(seq.detokenizer.add_token(token))
             if seq.stops.stopped:
                 reason = FinishReason.STOP
@@ -311,8 +326,11 @@ class LLMEngine:
         if reason is not None or first or len(seq.pending_ids) >= self.config.stream_interval:
             self._emit(seq, TokenEvent(
                 request_id=seq.request_id, text=seq.pending_text, num_output_tokens=len(seq.pending_ids),
-                num_input_tokens=len(seq.prompt_ids), finish_reason=reason, token_ids=tuple(seq.pending_ids)))
+                num_input_tokens=len(seq.prompt_ids), finish_reason=reason, token_ids=tuple(seq.pending_ids),
+                logprobs=tuple(seq.pending_logprobs) if seq.request.sampling.logprobs is not None else None))
             seq.pending_text, seq.pending_ids = "", []
+            if seq.pending_logprobs:
+                seq.pending_logprobs = []
         return reason
 
     def _drop(self, rows: list[int], abort: bool) -> None:

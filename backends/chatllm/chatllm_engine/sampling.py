@@ -6,9 +6,14 @@ and only the rows that need them pay for penalties, top-k/top-p sorting and seed
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from .types import SamplingParams
+from .types import Logprob, SamplingParams, TokenLogprobs
+
+MAX_LOGPROBS = 20
+"""The most alternatives a request may ask for per position (OpenAI's `top_logprobs` limit)."""
 
 
 class SequenceSampler:
@@ -87,3 +92,37 @@ def sample_next_tokens(logits: torch.Tensor, samplers: list[SequenceSampler],
         probs = row.softmax(-1)
         chosen[i] = torch.multinomial(probs, 1, generator=sampler.generator)[0]
     return chosen.tolist()
+
+
+def token_logprobs(logits: torch.Tensor, rows: list[int], tokens: list[int], top_n: list[int],
+                   decode: Callable[[int], str]) -> list[TokenLogprobs]:
+    """Log-probabilities of the chosen tokens, and of the `top_n` most likely, for `rows` only.
+
+    Computed from the model's raw distribution (before penalties, temperature and top-k/top-p,
+    as vLLM's default `raw_logprobs`), so they do not depend on how the token was drawn.
+
+    Args:
+        logits: [B, V] logits of the whole batch.
+        rows: the rows that asked for logprobs (the others cost nothing).
+        tokens: the token chosen for each of the B rows.
+        top_n: for each of `rows`, how many of the most likely tokens to report.
+        decode: token id -> its text.
+    """
+    logprobs = torch.log_softmax(logits[rows].float(), dim=-1)
+    chosen = torch.tensor([tokens[r] for r in rows], dtype=torch.long, device=logprobs.device)
+    chosen_lp = logprobs.gather(1, chosen[:, None])
+    ranks = ((logprobs > chosen_lp).sum(-1) + 1).tolist()
+    sampled_lp = chosen_lp[:, 0].tolist()
+    most = max(top_n)
+    top_lp: list[list[float]] = [[] for _ in rows]
+    top_ids: list[list[int]] = [[] for _ in rows]
+    if most:
+        values, ids = logprobs.topk(most, dim=-1)
+        top_lp, top_ids = values.tolist(), ids.tolist()
+    result = []
+    for i, row in enumerate(rows):
+        sampled = Logprob(tokens[row], sampled_lp[i], int(ranks[i]), decode(tokens[row]))
+        top = tuple(Logprob(t, lp, rank, decode(t)) for rank, (t, lp) in
+                    enumerate(zip(top_ids[i][:top_n[i]], top_lp[i][:top_n[i]]), start=1))
+        result.append(TokenLogprobs(sampled, top))
+    return result

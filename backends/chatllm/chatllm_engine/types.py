@@ -28,10 +28,29 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     min_tokens: int = 0
+    logprobs: int | None = None  # None: off; N: the sampled token's logprob and the N most likely
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """One token's log-probability under the model's distribution at one position."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1 = the most likely token
+    decoded_token: str
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """What `SamplingParams.logprobs` asks for at one output position."""
+
+    sampled: Logprob
+    top: tuple[Logprob, ...]  # the N most likely tokens, most likely first
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,9 @@ class TokenEvent:
     num_input_tokens: int
     finish_reason: FinishReason | None = None
     token_ids: tuple[int, ...] = ()
+    # When the request asked for logprobs: one entry per output token of this event that is
+    # text (stop tokens such as EOS have none); otherwise None.
+    logprobs: tuple[TokenLogprobs, ...] | None = None
 
     @property
     def finished(self) -> bool:

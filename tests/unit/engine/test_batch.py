@@ -24,9 +24,9 @@ def assert_consistent(batch: KVBatch) -> None:
     """Every tensor of the batch agrees on rows and columns; masks are contiguous on the right."""
     for keys, values in batch.kv:
         assert keys.shape[0] == values.shape[0] == batch.size
-        assert keys.shape[2] == values.shape[2] == batch.length
+        assert keys.shape[2] == values.shape[2] == batch.capacity >= batch.length
     assert batch.positions.shape == (batch.size,)
-    assert batch.slots == batch.size * batch.length
+    assert batch.slots == batch.size * batch.capacity
     for row in batch.attention_mask.tolist():
         ones = sum(row)
         assert row == [0] * (len(row) - ones) + [1] * ones, "padding must stay on the left"
