@@ -80,7 +80,7 @@ def _kv_bytes_per_token(model: Any) -> int:
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+    return int(2 * cfg.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size())
 
 
 def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -> Result:

@@ -124,8 +124,8 @@ def resolve_runtime() -> TritonRuntime:
 
     system = _system_tritonserver()
     if system is not None:
-        home = system.parent.parent
-        backend_dir = prepare_backend_directory(home / "backends" / "python", None, backends)
+        system_home = system.parent.parent
+        backend_dir = prepare_backend_directory(system_home / "backends" / "python", None, backends)
         return TritonRuntime(binary=system, backend_directory=backend_dir, env=env)
 
     home = _pytriton_home()
