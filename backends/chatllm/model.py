@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -199,36 +199,45 @@ class TritonPythonModel:
     # ---- execute thread ------------------------------------------------------------------
 
     def execute(self, requests: list[Any]) -> None:
+        """Hand every request to the engine in one call: those that arrived together are
+        admitted, and prefilled, together."""
         if len(requests) > 1:
             logger.info("execute() got %d requests at once", len(requests))
+        accepted: list[tuple[str, GenerationRequest]] = []
         for request in requests:
-            self._submit(request)
-        return None
-
-    def _submit(self, request: Any) -> None:
-        sender = request.get_response_sender()
-        request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
-        try:
-            gen, options, prompt = self._parse(request, request_id)
-            if _scalar(request, "count_tokens_only"):
-                self._count_tokens(sender, gen)
-                return
+            sender = request.get_response_sender()
+            request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
+            try:
+                gen, options, prompt = self._parse(request, request_id)
+                if _scalar(request, "count_tokens_only"):
+                    self._count_tokens(sender, gen)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - every request gets a final response
+                self._reject(sender, request_id, exc)
+                continue
             with self._lock:
                 self._inflight[request_id] = InFlight(sender=sender, options=options, prompt=prompt)
-            try:
-                self.engine.add_request(gen, lambda event: self._events.put((request_id, event)))
-            except EngineError:
+            accepted.append((request_id, gen))
+        results = self.engine.add_requests([(gen, self._sink(rid)) for rid, gen in accepted])
+        for (request_id, _), result in zip(accepted, results):
+            if isinstance(result, EngineError):
                 with self._lock:
-                    self._inflight.pop(request_id, None)
-                raise
-        except EngineError as exc:
+                    entry = self._inflight.pop(request_id)
+                self._reject(entry.sender, request_id, result)
+        return None
+
+    def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:
+        return lambda event: self._events.put((request_id, event))
+
+    def _reject(self, sender: Any, request_id: str, exc: Exception) -> None:
+        if isinstance(exc, EngineError):
             logger.info("%s rejected: %s", request_id, exc)
-            sender.send(pb_utils.InferenceResponse(error=triton_error(exc)),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        except Exception as exc:  # noqa: BLE001 - every request gets a final response
+            error = exc
+        else:
             logger.exception("%s failed", request_id)
-            sender.send(pb_utils.InferenceResponse(error=triton_error(EngineDead(f"internal error: {exc}"))),
-                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            error = EngineDead(f"internal error: {exc}")
+        sender.send(pb_utils.InferenceResponse(error=triton_error(error)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _count_tokens(self, sender: Any, gen: GenerationRequest) -> None:
         """Answer with the prompt's token count (`num_input_tokens`) without generating."""

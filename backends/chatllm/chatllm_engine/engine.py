@@ -139,6 +139,37 @@ class LLMEngine:
         Returns the number of prompt tokens. Raises InvalidRequest, ContextTooLong or
         EngineOverloaded (nothing is queued then), EngineDead after a fatal failure.
         """
+        result = self.add_requests([(request, sink)])[0]
+        if isinstance(result, EngineError):
+            raise result
+        return result
+
+    def add_requests(self, items: list[tuple[GenerationRequest, EventSink]]) -> list[int | EngineError]:
+        """Queue requests that arrived together in one go, so one step admits (and prefills)
+        them together. Returns, per request, its prompt token count or why it was refused."""
+        results: list[int | EngineError] = []
+        ready: list[tuple[int, Sequence]] = []
+        for request, sink in items:
+            try:
+                seq = self._prepare(request, sink)
+            except EngineError as exc:
+                results.append(exc)
+                continue
+            ready.append((len(results), seq))
+            results.append(len(seq.prompt_ids))
+        with self._lock:
+            for index, seq in ready:
+                try:
+                    if self._stopped:
+                        raise EngineDead("the engine has stopped")
+                    self._scheduler.enqueue(seq, len(seq.prompt_ids), self._num_running)
+                except EngineError as exc:
+                    results[index] = exc
+            self._lock.notify()
+        return results
+
+    def _prepare(self, request: GenerationRequest, sink: EventSink) -> Sequence:
+        """Validate and tokenize a request into a Sequence (no engine state is touched)."""
         params = request.sampling
         _check_sampling(params)
         prompt_ids = self.tokenize(request)
@@ -161,12 +192,7 @@ class LLMEngine:
             sampler=SequenceSampler(params, prompt_ids, self._generator, self.model.device),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids),
             stops=StopStringMatcher(params.stop), sink=sink)
-        with self._lock:
-            if self._stopped:
-                raise EngineDead("the engine has stopped")
-            self._scheduler.enqueue(seq, len(prompt_ids), self._num_running)
-            self._lock.notify()
-        return len(prompt_ids)
+        return seq
 
     def abort(self, request_id: str) -> None:
         """Stop a request (queued or running) at the next step; its slot frees then."""
