@@ -22,11 +22,11 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [B, head
 GROW_TOKENS = 16
 
 
-class SlabLayer(DynamicLayer):
+class SlabLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A cache layer over preallocated [B, heads, capacity, dim] buffers, filled to `length`."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._key_buffer, self._value_buffer, self._length = keys, values, length
         self.device = keys.device
         self.keys, self.values = keys[:, :, :length], values[:, :, :length]

@@ -58,10 +58,10 @@ def load_model(config: EngineConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
         kwargs["device_map"] = "auto"
         if config.max_gpu_memory:
             kwargs["max_memory"] = {g: config.max_gpu_memory for g in gpus}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if "device_map" not in kwargs:
-        model.to(config.device)
-    model.eval()
+        model.to(config.device)  # type: ignore[arg-type]
+    model.eval()  # type: ignore[no-untyped-call]
     if config.chat_template:
         tokenizer.chat_template = config.chat_template
     logger.info("loaded %s (%s) on %s", path, dtype, config.device)

@@ -22,11 +22,13 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
 
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
     def add_token(self, token_id: int) -> str:
         self._ids.append(token_id)
-        decode = self._tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
-        full = decode(self._ids[self._prefix_offset:], skip_special_tokens=True)
+        prefix = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        full = self._decode(self._ids[self._prefix_offset:])
         if len(full) > len(prefix) and not full.endswith(REPLACEMENT_CHAR):
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
@@ -35,9 +37,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """At the end: whatever the held-back tokens decode to, complete or not."""
-        decode = self._tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
-        full = decode(self._ids[self._prefix_offset:], skip_special_tokens=True)
+        prefix = self._decode(self._ids[self._prefix_offset:self._read_offset])
+        full = self._decode(self._ids[self._prefix_offset:])
         self._prefix_offset = self._read_offset = len(self._ids)
         return full[len(prefix):] if full.startswith(prefix) else ""
 
