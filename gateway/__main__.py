@@ -10,8 +10,16 @@ import logging
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
+from gateway.routing import (
+    EndpointTarget,
+    HttpQueueProbe,
+    RoutedLLMClient,
+    RoutingCollector,
+    RoutingConfig,
+)
 from gateway.settings import GatewaySettings
 from gateway.triton_client import TritonLLMClient
 
@@ -30,6 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         metavar="HOST:PORT",
         help="Triton gRPC endpoint; repeat for several (default 127.0.0.1:8001)",
+    )
+    parser.add_argument(
+        "--triton-metrics-port",
+        dest="triton_metrics_ports",
+        action="append",
+        type=int,
+        metavar="PORT",
+        help="Triton metrics port scraped for queue lengths: once for all endpoints, or once "
+        "per --triton-url (default: not scraped)",
+    )
+    parser.add_argument(
+        "--health-check-interval-s", type=float, help="time between endpoint health rounds"
     )
     parser.add_argument(
         "--api-key",
@@ -54,14 +74,38 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     return GatewaySettings(**overrides)
 
 
+def build_client(settings: GatewaySettings) -> RoutedLLMClient:
+    """One `TritonLLMClient` per Triton endpoint, behind the router."""
+    ports = settings.triton_metrics_ports
+    if len(ports) == 1:
+        ports = ports * len(settings.triton_urls)
+    targets = [
+        EndpointTarget(url, ports[i] if ports else None)
+        for i, url in enumerate(settings.triton_urls)
+    ]
+    config = RoutingConfig(
+        health_interval_s=settings.health_check_interval_s,
+        probe_timeout_s=settings.health_check_timeout_s,
+        model_refresh_s=max(settings.model_list_ttl_s, settings.health_check_interval_s),
+    )
+
+    def endpoint_client(address: str) -> TritonLLMClient:
+        return TritonLLMClient([address], request_timeout_s=settings.request_timeout_s)
+
+    probe = HttpQueueProbe(settings.health_check_timeout_s) if ports else None
+    return RoutedLLMClient(targets, endpoint_client, config, queue_probe=probe)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from_args(parse_args(argv))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    client = TritonLLMClient(settings.triton_urls, request_timeout_s=settings.request_timeout_s)
-    app = create_app(settings, client)
+    client = build_client(settings)
+    registry = CollectorRegistry()
+    registry.register(RoutingCollector(client))
+    app = create_app(settings, client, registry)
     logger.info(
         "gateway on http://%s:%d, Triton at %s, auth %s",
         settings.host,

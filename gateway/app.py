@@ -13,29 +13,36 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError
 from gateway.llm_client import LLMClient
+from gateway.metrics import METRICS_PATH, install_metrics
 from gateway.model_registry import ModelRegistry
-from gateway.routers import chat, completions, models
+from gateway.routers import chat, completions, embeddings, models, tokens
 from gateway.serving import GatewayState
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})
-"""Routes that need no API key."""
+OPEN_PATHS = frozenset({"/health", METRICS_PATH})
+"""Routes that need no API key (Prometheus scrapes `/metrics` like a health probe)."""
 
 # Pydantic puts union member tags ("str", "list[str]", "TextPart") into error locations.
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
 
 
-def create_app(settings: GatewaySettings, client: LLMClient) -> FastAPI:
-    """Build the gateway; `client` is closed when the app shuts down."""
+def create_app(
+    settings: GatewaySettings, client: LLMClient, registry: CollectorRegistry | None = None
+) -> FastAPI:
+    """Build the gateway; `client` is closed when the app shuts down.
+
+    `registry` receives the gateway's metrics (served on `/metrics`); a new one when None.
+    """
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -52,11 +59,14 @@ def create_app(settings: GatewaySettings, client: LLMClient) -> FastAPI:
         created=int(time.time()),
     )
     app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, open_paths=OPEN_PATHS)
+    install_metrics(app, registry)  # outermost: counts the 401s too
     _add_exception_handlers(app)
     app.include_router(models.health_router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(tokens.router)
     return app
 
 
@@ -119,6 +129,8 @@ def validation_error(
         )
     if first.get("type") == "json_invalid":
         return InvalidRequestError(f"malformed JSON body: {first.get('msg', '')}")
+    if tuple(first.get("loc", ())) == ("body",):
+        return InvalidRequestError("the request body must be a JSON object")
     # Report the first field; of its union alternatives, the deepest error tells most.
     paths = [_param_path(e) for e in errors]
     same_field = [i for i in range(len(errors)) if paths[i][:1] == paths[0][:1]]

@@ -13,6 +13,8 @@ RETRY_AFTER_S = 1
 """Seconds suggested to clients in `Retry-After` on 429 and 503."""
 
 _CODE_PREFIX = re.compile(r"^\s*\[([A-Z_]+)\]\s*")
+# Triton prefixes its own errors (e.g. "Exceeds maximum queue size") with the request id.
+_REQUEST_ID_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")
 
 
 class GatewayError(Exception):
@@ -151,7 +153,7 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         grpc_status: `InferenceServerException.status()` or a `grpc.StatusCode` name,
             when the failure had a gRPC status (stream errors do not).
     """
-    bracket_code, text = strip_code_prefix(message)
+    bracket_code, text = strip_code_prefix(_REQUEST_ID_PREFIX.sub("", message))
     status_code = _code_from_status(grpc_status)
     code = (
         bracket_code

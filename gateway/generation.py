@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 import anyio
 
 from gateway.errors import UpstreamError
-from gateway.llm_client import GenerationInput, LLMClient
+from gateway.llm_client import GenerationInput, LLMClient, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ class ChoiceDelta:
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens behind this delta, when logprobs were asked for (text held back while it
+    may be the start of a stop string comes later, so the two can be a chunk apart)."""
 
 
 @dataclass
@@ -122,13 +125,13 @@ async def stream_choice(
             usage.completion_tokens += chunk.num_output_tokens
             text, stopped = stops.feed(chunk.text)
             if stopped:
-                yield ChoiceDelta(index, text, "stop")
+                yield ChoiceDelta(index, text, "stop", chunk.logprobs)
                 return
             if chunk.finish_reason is not None:
-                yield ChoiceDelta(index, text + stops.flush(), chunk.finish_reason)
+                yield ChoiceDelta(index, text + stops.flush(), chunk.finish_reason, chunk.logprobs)
                 return
-            if text:
-                yield ChoiceDelta(index, text)
+            if text or chunk.logprobs:
+                yield ChoiceDelta(index, text, None, chunk.logprobs)
     finally:
         await _aclose(chunks)
     raise UpstreamError(500, "the generation ended without a finish reason", "server_error")

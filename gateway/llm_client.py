@@ -6,9 +6,11 @@ Routers depend only on this module, so unit tests can drive them with a fake cli
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+ModelKind = Literal["generate", "embed"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class ModelCard:
     triton_model: str
     """The Triton model it maps to."""
     context_length: int | None
+    kind: ModelKind = "generate"
+    """What the model serves: text generation (chat, completions) or embeddings."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None
+    """None: no logprobs; N: the sampled token's logprob and the N most likely per token."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,23 @@ class GenerationInput:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, log-probability and the most likely tokens there."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+    """Most likely first; may hold one more than asked for (when the sampled token is not
+    among the N most likely, backends add it)."""
+
+
+@dataclass(frozen=True)
 class GenerationChunk:
     """A piece of generated text."""
 
@@ -63,6 +86,17 @@ class GenerationChunk:
     """Prompt tokens, when the backend reports them (at least on the first chunk)."""
     num_output_tokens: int
     """Tokens in this chunk; the caller sums them."""
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The chunk's tokens, when logprobs were asked for."""
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """The vectors of several texts, in input order."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+    """Tokens of all texts together (after any truncation)."""
 
 
 class LLMClient(Protocol):
@@ -75,9 +109,23 @@ class LLMClient(Protocol):
     def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
         """Stream the generation; the last chunk has a `finish_reason`.
 
-        Raises `UpstreamError`. Closing the iterator early (or cancelling the task that
+        Raises `GatewayError` (`UpstreamError` for what the backend reports). Closing the
+        iterator early (or cancelling the task that
         iterates it) must stop the generation upstream.
         """
+        ...
+
+    async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
+        """Tokens of `prompt` (plain text, no chat template) for the Triton model `model`.
+
+        Raises `GatewayError` (400 when the model cannot count).
+        """
+        ...
+
+    async def embed(
+        self, model: str, texts: Sequence[str], request_id: str = ""
+    ) -> EmbeddingResult:
+        """Embed `texts` with the Triton embedding model `model`. Raises `GatewayError`."""
         ...
 
     async def is_ready(self) -> bool:

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 _INT64 = 2**63 - 1
+MAX_LOGPROBS = 20
+"""Most alternatives per token (`top_logprobs`, completions' `logprobs`), as OpenAI and vLLM."""
+MAX_EMBEDDING_INPUTS = 2048
 
 
 def _omit_none(value: object) -> bool:
@@ -80,7 +83,7 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict[str, object]] | None = None
 
     @field_validator("messages")
@@ -109,7 +112,7 @@ class FastChatCompletionRequest(ChatCompletionRequest):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
 
     @field_validator("prompt")
@@ -132,6 +135,29 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+class TopLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatLogprobEntry(TopLogprobEntry):
+    top_logprobs: list[TopLogprobEntry]
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[ChatLogprobEntry] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The legacy completions shape: parallel lists, one entry per token."""
+
+    text_offset: list[int] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    tokens: list[str] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+
+
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -140,7 +166,7 @@ class ChatResponseMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None
 
 
@@ -161,7 +187,7 @@ class DeltaMessage(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -177,7 +203,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -213,6 +239,81 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+# ---- embeddings ----------------------------------------------------------------------
+
+
+class EmbeddingRequest(BaseModel):
+    """`POST /v1/embeddings`; `model` may come from the path instead (FastChat's
+    `/v1/engines/{model}/embeddings`)."""
+
+    model: str | None = Field(default=None, min_length=1)
+    input: str | list[str]
+    """Text or texts; token arrays (OpenAI also takes them) are refused, as token ids of
+    another tokenizer mean nothing to these models."""
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value: str | list[str]) -> str | list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("input must not be an empty list")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"input may hold at most {MAX_EMBEDDING_INPUTS} texts")
+        if any(not item for item in items):
+            raise ValueError("input must not contain empty strings")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    """Floats, or base64 of little-endian float32 when `encoding_format` is "base64"."""
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
+# ---- FastChat's token check -----------------------------------------------------------
+
+
+class TokenCheckItem(BaseModel):
+    model: str = Field(min_length=1)
+    prompt: str
+    max_tokens: int = Field(ge=0)
+
+
+class TokenCheckRequest(BaseModel):
+    """FastChat's `POST /api/v1/token_check`."""
+
+    prompts: list[TokenCheckItem] = Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
+
+
+class TokenCheckResult(BaseModel):
+    fits: bool
+    tokenCount: int  # noqa: N815 - FastChat's field names
+    contextLength: int | None  # noqa: N815
+
+
+class TokenCheckResponse(BaseModel):
+    prompts: list[TokenCheckResult]
 
 
 class ErrorInfo(BaseModel):

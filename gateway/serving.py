@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.generation import ChoiceDelta, UsageCounter
-from gateway.llm_client import LLMClient, SamplingParams
+from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams
 from gateway.model_registry import ModelRegistry
 from gateway.protocol import SamplingRequest, UsageInfo
 from gateway.settings import GatewaySettings
@@ -41,8 +41,25 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def sampling_params(body: SamplingRequest, max_tokens: int | None) -> SamplingParams:
-    """The request's sampling fields; `top_k` of -1 or 0 means disabled (left out)."""
+async def resolve_model(request: Request, name: str, kind: ModelKind) -> ModelCard:
+    """The card of a served name; 404 when unknown, 400 when it serves something else."""
+    card = await get_state(request).registry.resolve(name)
+    if card.kind != kind:
+        if card.kind == "embed":
+            message = f"`{name}` is an embedding model: use /v1/embeddings"
+        else:
+            message = f"`{name}` is not an embedding model"
+        raise InvalidRequestError(message, param="model")
+    return card
+
+
+def sampling_params(
+    body: SamplingRequest, max_tokens: int | None, logprobs: int | None = None
+) -> SamplingParams:
+    """The request's sampling fields; `top_k` of -1 or 0 means disabled (left out).
+
+    `logprobs`: None for none, else how many of the most likely tokens to report.
+    """
     top_k = body.top_k if body.top_k is not None and body.top_k > 0 else None
     return SamplingParams(
         max_tokens=max_tokens,
@@ -55,6 +72,7 @@ def sampling_params(body: SamplingRequest, max_tokens: int | None) -> SamplingPa
         seed=body.seed,
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
     )
 
 

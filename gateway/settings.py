@@ -6,7 +6,7 @@ List values are JSON in the environment, e.g.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,15 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=9000, ge=0, le=65535)
     triton_urls: list[str] = Field(default_factory=lambda: ["127.0.0.1:8001"])
-    """Triton gRPC endpoints (host:port); the first one serves requests for now."""
+    """Triton gRPC endpoints: `host:port`, or `dns:///host:port` for every address the name
+    resolves to (a Kubernetes headless Service); requests go to the least-loaded ready one."""
+    triton_metrics_ports: list[int] = Field(default_factory=list)
+    """Triton metrics ports, scraped for queue lengths: none, one for all endpoints, or one
+    per `triton_urls` entry (same host as its gRPC address)."""
+    health_check_interval_s: float = Field(default=1.0, gt=0)
+    """Time between two health rounds over the Triton endpoints."""
+    health_check_timeout_s: float = Field(default=2.0, gt=0)
+    """A Triton endpoint that does not answer a probe within this is unreachable."""
     api_keys: list[str] = Field(default_factory=list)
     """When non-empty, every route but /health needs `Authorization: Bearer <key>`."""
     request_timeout_s: float = Field(default=600.0, gt=0)
@@ -34,3 +42,9 @@ class GatewaySettings(BaseSettings):
         if not cleaned:
             raise ValueError("at least one Triton gRPC URL is required")
         return cleaned
+
+    @model_validator(mode="after")
+    def _metrics_ports_match_urls(self) -> GatewaySettings:
+        if len(self.triton_metrics_ports) not in (0, 1, len(self.triton_urls)):
+            raise ValueError("give no triton_metrics_ports, one, or one per triton_urls entry")
+        return self

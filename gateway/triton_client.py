@@ -8,6 +8,9 @@ parameter), and without it a model that ends with a bare final flag would leave 
 waiting. Cancelling the stream's call (`call.cancel()`, what the aio client's
 `stream_infer(...).cancel()` does) makes Triton cancel the request, so the backend sees
 `is_cancelled()`.
+
+Embedding models are plain (not decoupled) models; they are called with the aio client's
+unary `infer`, in requests of at most their `max_batch_size` texts.
 """
 
 from __future__ import annotations
@@ -16,43 +19,73 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 import numpy.typing as npt
 from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
-from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import UpstreamError, upstream_error
-from gateway.llm_client import GenerationChunk, GenerationInput, ModelCard, SamplingParams
+from gateway.errors import InvalidRequestError, UpstreamError, upstream_error
+from gateway.llm_client import (
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationInput,
+    ModelCard,
+    ModelKind,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+)
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
 _FINAL = "triton_final_response"
+_MIN_LOGPROB = -9999.0
+"""What -inf becomes (as vLLM does): JSON has no infinity."""
 
 
 @dataclass(frozen=True)
 class TritonModel:
-    """What the gateway needs to know about one decoupled Triton model."""
+    """What the gateway needs to know about one Triton model it serves."""
 
     name: str
     batched: bool
     """`max_batch_size > 0`: inputs carry a batch dimension ([1, 1] instead of [1])."""
     aliases: tuple[str, ...]
     context_length: int | None
+    kind: ModelKind = "generate"
+    """"generate": a decoupled LLM (vllm_backend tensors); "embed": `text` -> `embedding`."""
+    max_batch_size: int = 0
+    inputs: frozenset[str] = frozenset()
+    outputs: frozenset[str] = frozenset()
 
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
-        return [ModelCard(n, self.name, self.context_length) for n in names]
+        return [ModelCard(n, self.name, self.context_length, self.kind) for n in names]
 
 
 def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
-    """Read a model config (JSON form); None for models that are not decoupled LLMs."""
-    if not config.get("model_transaction_policy", {}).get("decoupled", False):
+    """Read a model config (JSON form); None for models the gateway cannot serve.
+
+    Decoupled models are LLMs; plain models with a `text` input and an `embedding` output
+    are embedding models.
+    """
+    inputs = frozenset(str(t.get("name", "")) for t in config.get("input", []))
+    outputs = frozenset(str(t.get("name", "")) for t in config.get("output", []))
+    kind: ModelKind
+    if config.get("model_transaction_policy", {}).get("decoupled", False):
+        kind = "generate"
+    elif "text" in inputs and "embedding" in outputs:
+        kind = "embed"
+    else:
         return None
     params = config.get("parameters", {})
 
@@ -68,11 +101,16 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
             logger.warning(
                 "model %s: max_model_len %r is not an integer", name, param("max_model_len")
             )
+    max_batch_size = int(config.get("max_batch_size", 0))
     return TritonModel(
         name=name,
-        batched=int(config.get("max_batch_size", 0)) > 0,
+        batched=max_batch_size > 0,
         aliases=aliases,
         context_length=context_length,
+        kind=kind,
+        max_batch_size=max_batch_size,
+        inputs=inputs,
+        outputs=outputs,
     )
 
 
@@ -112,8 +150,28 @@ def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelIn
     add("return_finish_reason", True)
     add("return_num_input_tokens", True)
     add("return_num_output_tokens", True)
+    if inp.sampling.logprobs is not None:
+        add("return_logprobs", True)
     for name in OUTPUTS:
         request.outputs.add(name=name)
+    if inp.sampling.logprobs is not None:
+        request.outputs.add(name="logprobs")
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request
+
+
+def build_count_request(
+    model: str, prompt: str, request_id: str, *, batched: bool
+) -> service_pb2.ModelInferRequest:
+    """Ask the backend for the token count of `prompt` only (`count_tokens_only`)."""
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    shape = [1, 1] if batched else [1]
+    text = request.inputs.add(name="text_input", shape=shape, datatype="BYTES")
+    text.contents.bytes_contents.append(prompt.encode("utf-8"))
+    for name in ("count_tokens_only", "return_num_input_tokens"):
+        flag = request.inputs.add(name=name, shape=shape, datatype="BOOL")
+        flag.contents.bool_contents.append(True)
+    request.outputs.add(name="num_input_tokens")
     request.parameters["triton_enable_empty_final_response"].bool_param = True
     return request
 
@@ -127,6 +185,7 @@ class StreamResponse:
     num_input_tokens: int | None
     num_output_tokens: int | None
     final: bool
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def _strings(array: npt.NDArray[Any] | None) -> list[str]:
@@ -140,6 +199,39 @@ def _strings(array: npt.NDArray[Any] | None) -> list[str]:
 
 def _ints(array: npt.NDArray[Any] | None) -> list[int]:
     return [] if array is None else [int(x) for x in array.reshape(-1)]
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    return _MIN_LOGPROB if math.isnan(number) or number < _MIN_LOGPROB else number
+
+
+def parse_logprobs(payloads: list[str]) -> tuple[TokenLogprob, ...]:
+    """vllm_backend's `logprobs` JSON: per token `{token_id: {logprob, rank, decoded_token}}`,
+    the sampled token first. Raises `UpstreamError` when it is malformed."""
+    tokens: list[TokenLogprob] = []
+    try:
+        for payload in payloads:
+            positions = json.loads(payload) if payload else None
+            for position in positions or ():
+                if not position:
+                    continue
+                entries = list(position.values())
+                ranked = sorted(entries, key=lambda e: int(e.get("rank") or 0))
+                tokens.append(
+                    TokenLogprob(
+                        token=str(entries[0].get("decoded_token") or ""),
+                        logprob=_finite(entries[0]["logprob"]),
+                        top=tuple(
+                            TopLogprob(str(e.get("decoded_token") or ""), _finite(e["logprob"]))
+                            for e in ranked
+                        ),
+                    )
+                )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        message = f"malformed logprobs from the model: {exc}"
+        raise UpstreamError(500, message, "server_error") from None
+    return tuple(tokens)
 
 
 def decode_response(response: service_pb2.ModelInferResponse) -> StreamResponse:
@@ -157,6 +249,7 @@ def decode_response(response: service_pb2.ModelInferResponse) -> StreamResponse:
         num_input_tokens=inputs[0] if inputs else None,
         num_output_tokens=sum(outputs) if outputs else None,
         final=final,
+        logprobs=parse_logprobs(_strings(result.as_numpy("logprobs"))),
     )
 
 
@@ -243,57 +336,145 @@ class TritonLLMClient:
             raise error from None
         return parse_model_config(name, config.get("config", {}))
 
-    async def _model(self, name: str) -> TritonModel:
+    async def _model(self, name: str, kind: ModelKind) -> TritonModel:
         model = self._models.get(name)
         if model is None:
             model = await self._fetch_model(name)
             if model is None:
-                raise UpstreamError(
-                    400,
-                    f"model `{name}` is not a decoupled (streaming) LLM model",
-                    "invalid_request_error",
+                raise InvalidRequestError(
+                    f"model `{name}` is neither a decoupled LLM nor an embedding model",
+                    param="model",
                 )
             self._models[name] = model
+        if model.kind != kind:
+            what = "text generation" if kind == "generate" else "embeddings"
+            raise InvalidRequestError(f"model `{name}` does not serve {what}", param="model")
         return model
 
-    async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
-        """Stream one generation; closing the iterator cancels the gRPC stream."""
-        model = await self._model(inp.model)
-        request = build_request(inp, batched=model.batched)
+    async def _responses(
+        self, request: service_pb2.ModelInferRequest
+    ) -> AsyncGenerator[StreamResponse, None]:
+        """The decoded responses of one stream, up to and including the final one.
+
+        Closing this iterator before the final response cancels the gRPC stream.
+        """
         call = self._inference_stub().ModelStreamInfer(
             _one(request), timeout=self._request_timeout_s
         )
         finished = False
-        finish_reason: str | None = None
         try:
             async for message in call:
                 if message.error_message:
                     finished = True
                     raise upstream_error(message.error_message)
                 response = decode_response(message.infer_response)
+                finished = response.final
+                yield response
+                if finished:
+                    return
+        except grpc.aio.AioRpcError as exc:
+            finished = True
+            raise _from_rpc_error(exc) from None
+        finally:
+            if not finished:
+                logger.info("request %s: cancelling the Triton stream", request.id)
+                call.cancel()
+        raise UpstreamError(
+            500, "Triton closed the stream before the final response", "server_error"
+        )
+
+    async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
+        """Stream one generation; closing the iterator cancels the gRPC stream."""
+        model = await self._model(inp.model, "generate")
+        if inp.sampling.logprobs is not None and "return_logprobs" not in model.inputs:
+            raise InvalidRequestError(
+                f"model `{inp.model}` does not return logprobs", param="logprobs"
+            )
+        request = build_request(inp, batched=model.batched)
+        finish_reason: str | None = None
+        async with aclosing(self._responses(request)) as responses:
+            async for response in responses:
                 finish_reason = response.finish_reason or finish_reason
                 # Older backends do not count tokens: one token per non-empty response.
                 tokens = response.num_output_tokens
                 if tokens is None:
                     tokens = 1 if response.text else 0
                 if response.final:
-                    finished = True
                     yield GenerationChunk(
-                        response.text, finish_reason or "stop", response.num_input_tokens, tokens
+                        response.text,
+                        finish_reason or "stop",
+                        response.num_input_tokens,
+                        tokens,
+                        response.logprobs,
                     )
                     return
-                if response.text or response.num_input_tokens is not None:
-                    yield GenerationChunk(response.text, None, response.num_input_tokens, tokens)
-        except grpc.aio.AioRpcError as exc:
-            finished = True
-            raise _from_rpc_error(exc) from None
-        finally:
-            if not finished:
-                logger.info("request %s: cancelling the Triton stream", inp.request_id)
-                call.cancel()
-        raise UpstreamError(
-            500, "Triton closed the stream before the final response", "server_error"
+                if response.text or response.num_input_tokens is not None or response.logprobs:
+                    yield GenerationChunk(
+                        response.text, None, response.num_input_tokens, tokens, response.logprobs
+                    )
+
+    async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
+        triton_model = await self._model(model, "generate")
+        if "count_tokens_only" not in triton_model.inputs:
+            raise InvalidRequestError(f"model `{model}` cannot count tokens", param="model")
+        request = build_count_request(model, prompt, request_id, batched=triton_model.batched)
+        count: int | None = None
+        async with aclosing(self._responses(request)) as responses:
+            async for response in responses:
+                if response.num_input_tokens is not None:
+                    count = response.num_input_tokens
+        if count is None:
+            raise UpstreamError(500, f"model `{model}` returned no token count", "server_error")
+        return count
+
+    async def embed(
+        self, model: str, texts: Sequence[str], request_id: str = ""
+    ) -> EmbeddingResult:
+        """One Triton request per `max_batch_size` texts, all sent at once (Triton batches
+        them further with other clients' requests)."""
+        triton_model = await self._model(model, "embed")
+        size = max(triton_model.max_batch_size, 1)
+        parts = await asyncio.gather(
+            *(
+                self._embed_part(triton_model, texts[i : i + size], f"{request_id}-{i // size}")
+                for i in range(0, len(texts), size)
+            )
         )
+        return EmbeddingResult(
+            vectors=[vector for vectors, _ in parts for vector in vectors],
+            prompt_tokens=sum(tokens for _, tokens in parts),
+        )
+
+    async def _embed_part(
+        self, model: TritonModel, texts: Sequence[str], request_id: str
+    ) -> tuple[list[list[float]], int]:
+        shape = [len(texts), 1] if model.batched else [1]
+        if not model.batched and len(texts) != 1:
+            raise ValueError("an unbatched model takes one text per request")
+        text = InferInput("text", shape, "BYTES")
+        text.set_data_from_numpy(
+            np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(shape)
+        )
+        outputs = [InferRequestedOutput("embedding")]
+        if "num_input_tokens" in model.outputs:
+            outputs.append(InferRequestedOutput("num_input_tokens"))
+        try:
+            result = await self._control().infer(
+                model.name,
+                [text],
+                outputs=outputs,
+                request_id=request_id,
+                client_timeout=self._request_timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _from_exception(exc) from None
+        vectors = result.as_numpy("embedding")
+        if vectors is None or vectors.size % len(texts):
+            raise UpstreamError(
+                500, f"model `{model.name}` returned no embedding per text", "server_error"
+            )
+        tokens = result.as_numpy("num_input_tokens")
+        return vectors.reshape(len(texts), -1).tolist(), sum(_ints(tokens))
 
     async def is_ready(self) -> bool:
         try:

@@ -1,4 +1,4 @@
-"""The `tritonchat` command: serve, chat, models, bench."""
+"""The `tritonchat` command: serve, chat, models, bench, experiment."""
 
 from __future__ import annotations
 
@@ -70,6 +70,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    # Imported here: Locust monkey-patches the whole process with gevent when it loads.
+    from loadtest.run_experiment import main as experiment_main
+
+    return experiment_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonchat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+
+    experiment = sub.add_parser(
+        "experiment", help="measure instance layouts x concurrent users with Locust; write CSV, plots, report",
+        description="For each layout (a Triton instance_group) start tritonserver and the gateway, run "
+                    "Locust headless per user count, scrape Triton's and the gateway's metrics, then write "
+                    "CSV, PNG plots and a markdown report. Example: tritonchat experiment --layout cpu:1x2 "
+                    "--layout cpu:2x1 --users 1 4 16 --docs docs/scaling.md")
+    from loadtest.config import add_arguments as add_experiment_arguments
+
+    add_experiment_arguments(experiment)
+    experiment.set_defaults(func=_cmd_experiment)
     return parser
 
 

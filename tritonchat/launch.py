@@ -94,20 +94,26 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) 
         process.wait()
 
 
-def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[str] | None = None) -> list[str]:
+def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[str] | None = None,
+                 extra_args: list[str] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "gateway", "--host", host, "--port", str(port)]
     for url in triton_urls:
         argv += ["--triton-url", url]
     for key in api_keys or []:
         argv += ["--api-key", key]
-    return argv
+    return argv + list(extra_args or [])
 
 
 @contextlib.contextmanager
-def launch_triton(model_repository: Path, extra_args: list[str] | None = None) -> Iterator[TritonProcess]:
-    """A tritonserver on free ports serving `model_repository`; ready when yielded."""
+def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
+                  ports: tuple[int, int, int] | None = None) -> Iterator[TritonProcess]:
+    """A tritonserver serving `model_repository`; ready when yielded.
+
+    `ports` are (HTTP, gRPC, metrics), e.g. those of a server that was killed, to restart it
+    where its clients expect it; free ports when None.
+    """
     runtime = resolve_runtime()
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = ports if ports is not None else (free_port(), free_port(), free_port())
     args = [f"--model-repository={model_repository}", f"--http-port={http}", f"--grpc-port={grpc}",
             f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
             "--metrics-address=127.0.0.1", "--exit-timeout-secs=10", *(extra_args or [])]
@@ -123,10 +129,14 @@ def launch_triton(model_repository: Path, extra_args: list[str] | None = None) -
 
 
 @contextlib.contextmanager
-def launch_gateway(triton_urls: list[str], api_keys: list[str] | None = None) -> Iterator[str]:
-    """The gateway (`python -m gateway`) on a free port; yields its base URL once healthy."""
+def launch_gateway(triton_urls: list[str], api_keys: list[str] | None = None,
+                   extra_args: list[str] | None = None) -> Iterator[str]:
+    """The gateway (`python -m gateway`) on a free port; yields its base URL once healthy.
+
+    `extra_args` are more gateway flags, e.g. `["--health-check-interval-s", "0.5"]`.
+    """
     port = free_port()
-    argv = gateway_argv("127.0.0.1", port, triton_urls, api_keys)
+    argv = gateway_argv("127.0.0.1", port, triton_urls, api_keys, extra_args)
     log = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -12,16 +12,19 @@ from fastapi.responses import JSONResponse, Response
 from gateway import sse
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
-from gateway.llm_client import GenerationInput
+from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     ChatChoice,
+    ChatChoiceLogprobs,
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatLogprobEntry,
     ChatResponseMessage,
     DeltaMessage,
     FastChatCompletionRequest,
+    TopLogprobEntry,
 )
 from gateway.serving import (
     error_event,
@@ -30,6 +33,7 @@ from gateway.serving import (
     get_state,
     new_request_id,
     prepend,
+    resolve_model,
     sampling_params,
     usage_info,
 )
@@ -57,10 +61,36 @@ async def create_fastchat_chat_completion(
 
 
 def _reject_unsupported(body: ChatCompletionRequest) -> None:
-    if body.logprobs or body.top_logprobs:
-        raise InvalidRequestError("logprobs are not supported", param="logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequestError(
+            "top_logprobs needs logprobs to be true", param="top_logprobs"
+        )
     if body.tools:
         raise InvalidRequestError("tools are not supported", param="tools")
+
+
+def _top_count(body: ChatCompletionRequest) -> int | None:
+    """None without logprobs, else how many alternatives each token lists."""
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def _entry(token: str, logprob: float) -> TopLogprobEntry:
+    return TopLogprobEntry(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
+
+
+def chat_logprobs(tokens: Sequence[TokenLogprob], top: int) -> ChatChoiceLogprobs:
+    """OpenAI's chat `logprobs.content`: one entry per token with its `top` alternatives."""
+    return ChatChoiceLogprobs(
+        content=[
+            ChatLogprobEntry(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode("utf-8")),
+                top_logprobs=[_entry(a.token, a.logprob) for a in t.top[:top]],
+            )
+            for t in tokens
+        ]
+    )
 
 
 async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
@@ -68,12 +98,12 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     request.state.request_id = request_id  # for the error handlers' log lines
     _reject_unsupported(body)
     state = get_state(request)
-    card = await state.registry.resolve(body.model)
+    card = await resolve_model(request, body.model, "generate")
     messages = tuple(
         {"role": _ROLE_FOR_TEMPLATE.get(m.role, m.role), "content": m.text()}
         for m in body.messages
     )
-    sampling = sampling_params(body, body.effective_max_tokens())
+    sampling = sampling_params(body, body.effective_max_tokens(), _top_count(body))
     usage = UsageCounter()
     choices = [
         stream_choice(
@@ -106,10 +136,13 @@ async def _collect(
 ) -> ChatCompletionResponse:
     texts: list[list[str]] = [[] for _ in range(body.n)]
     reasons: list[str | None] = [None] * body.n
+    tokens: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
     async for delta in events:
         texts[delta.index].append(delta.text)
+        tokens[delta.index].extend(delta.logprobs)
         if delta.finish_reason is not None:
             reasons[delta.index] = delta.finish_reason
+    top = _top_count(body)
     return ChatCompletionResponse(
         id=request_id,
         model=body.model,
@@ -117,6 +150,7 @@ async def _collect(
             ChatChoice(
                 index=i,
                 message=ChatResponseMessage(content="".join(texts[i])),
+                logprobs=None if top is None else chat_logprobs(tokens[i], top),
                 finish_reason=reasons[i],
             )
             for i in range(body.n)
@@ -134,14 +168,24 @@ async def _sse(
     """Role chunk per choice, content chunks as they come, a finish chunk per choice,
     the usage chunk when asked for, then `[DONE]`; a failure becomes one error event."""
     created = int(time.time())
+    top = _top_count(body)
 
-    def chunk(index: int, delta: DeltaMessage, finish_reason: str | None = None) -> str:
+    def chunk(
+        index: int,
+        delta: DeltaMessage,
+        finish_reason: str | None = None,
+        logprobs: ChatChoiceLogprobs | None = None,
+    ) -> str:
         return sse.event(
             ChatCompletionChunk(
                 id=request_id,
                 created=created,
                 model=body.model,
-                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason)],
+                choices=[
+                    ChatChunkChoice(
+                        index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason
+                    )
+                ],
             )
         )
 
@@ -149,8 +193,9 @@ async def _sse(
         for i in range(body.n):
             yield chunk(i, DeltaMessage(role="assistant", content=""))
         async for delta in events:
-            if delta.text:
-                yield chunk(delta.index, DeltaMessage(content=delta.text))
+            if delta.text or (top is not None and delta.logprobs):
+                logprobs = None if top is None else chat_logprobs(delta.logprobs, top)
+                yield chunk(delta.index, DeltaMessage(content=delta.text), logprobs=logprobs)
             if delta.finish_reason is not None:
                 yield chunk(delta.index, DeltaMessage(), delta.finish_reason)
         if body.include_usage():

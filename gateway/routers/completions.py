@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response
 from gateway import sse
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
-from gateway.llm_client import GenerationInput
+from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     CompletionChoice,
     CompletionChunk,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
 )
@@ -26,6 +27,7 @@ from gateway.serving import (
     get_state,
     new_request_id,
     prepend,
+    resolve_model,
     sampling_params,
     usage_info,
 )
@@ -40,14 +42,16 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     request_id = new_request_id("cmpl")
     request.state.request_id = request_id  # for the error handlers' log lines
-    if body.logprobs is not None:
-        raise InvalidRequestError("logprobs are not supported", param="logprobs")
+    if body.logprobs is not None and body.echo:
+        raise InvalidRequestError(
+            "echo with logprobs (the prompt's logprobs) is not supported", param="echo"
+        )
     if body.suffix:
         raise InvalidRequestError("suffix is not supported", param="suffix")
     state = get_state(request)
-    card = await state.registry.resolve(body.model)
+    card = await resolve_model(request, body.model, "generate")
     prompts = body.prompts()
-    sampling = sampling_params(body, body.max_tokens)
+    sampling = sampling_params(body, body.max_tokens, body.logprobs)
     usage = UsageCounter()
     # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
     choices = [
@@ -85,6 +89,20 @@ def _echo_text(body: CompletionRequest, index: int) -> str:
     return body.prompts()[index // body.n] if body.echo else ""
 
 
+def completion_logprobs(
+    tokens: Sequence[TokenLogprob], top: int, offset: int = 0
+) -> CompletionLogprobs:
+    """The legacy shape; `offset` is where the first token starts in the choice's text."""
+    result = CompletionLogprobs()
+    for t in tokens:
+        result.text_offset.append(offset)
+        result.tokens.append(t.token)
+        result.token_logprobs.append(t.logprob)
+        result.top_logprobs.append({a.token: a.logprob for a in t.top[:top]})
+        offset += len(t.token)
+    return result
+
+
 async def _collect(
     body: CompletionRequest,
     request_id: str,
@@ -94,15 +112,24 @@ async def _collect(
     count = len(body.prompts()) * body.n
     texts: list[list[str]] = [[_echo_text(body, i)] for i in range(count)]
     reasons: list[str | None] = [None] * count
+    tokens: list[list[TokenLogprob]] = [[] for _ in range(count)]
     async for delta in events:
         texts[delta.index].append(delta.text)
+        tokens[delta.index].extend(delta.logprobs)
         if delta.finish_reason is not None:
             reasons[delta.index] = delta.finish_reason
     return CompletionResponse(
         id=request_id,
         model=body.model,
         choices=[
-            CompletionChoice(index=i, text="".join(texts[i]), finish_reason=reasons[i])
+            CompletionChoice(
+                index=i,
+                text="".join(texts[i]),
+                logprobs=(
+                    None if body.logprobs is None else completion_logprobs(tokens[i], body.logprobs)
+                ),
+                finish_reason=reasons[i],
+            )
             for i in range(count)
         ],
         usage=usage_info(usage),
@@ -119,14 +146,24 @@ async def _sse(
     choice, the usage chunk when asked for, then `[DONE]`; a failure becomes one error
     event."""
     created = int(time.time())
+    offsets = [0] * (len(body.prompts()) * body.n)  # where each choice's next token starts
 
-    def chunk(index: int, text: str, finish_reason: str | None = None) -> str:
+    def chunk(
+        index: int,
+        text: str,
+        finish_reason: str | None = None,
+        logprobs: CompletionLogprobs | None = None,
+    ) -> str:
         return sse.event(
             CompletionChunk(
                 id=request_id,
                 created=created,
                 model=body.model,
-                choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason)],
+                choices=[
+                    CompletionChoice(
+                        index=index, text=text, logprobs=logprobs, finish_reason=finish_reason
+                    )
+                ],
             )
         )
 
@@ -135,7 +172,11 @@ async def _sse(
             for i in range(len(body.prompts()) * body.n):
                 yield chunk(i, _echo_text(body, i))
         async for delta in events:
-            if delta.text:
+            if body.logprobs is not None and delta.logprobs:
+                logprobs = completion_logprobs(delta.logprobs, body.logprobs, offsets[delta.index])
+                offsets[delta.index] += sum(len(t.token) for t in delta.logprobs)
+                yield chunk(delta.index, delta.text, logprobs=logprobs)
+            elif delta.text:
                 yield chunk(delta.index, delta.text)
             if delta.finish_reason is not None:
                 yield chunk(delta.index, "", delta.finish_reason)

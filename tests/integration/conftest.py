@@ -15,6 +15,14 @@ DEFAULT_REPOSITORY = ROOT / "model_repository"
 TEST_REPOSITORY = ROOT / "tests" / "model_repository"
 
 
+@pytest.fixture(scope="session")
+def default_stack() -> Iterator[tuple[TritonProcess, str]]:
+    """tritonserver on model_repository/ (SmolLM2 and all-MiniLM-L6-v2) and a gateway in front:
+    one for every module that needs the real models, as loading them is the slow part."""
+    with launch_triton(DEFAULT_REPOSITORY) as triton, launch_gateway([triton.grpc_url]) as gateway:
+        yield triton, gateway
+
+
 @pytest.fixture
 def start_triton() -> Iterator[Callable[..., TritonProcess]]:
     with contextlib.ExitStack() as stack:

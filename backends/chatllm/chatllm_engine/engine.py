@@ -99,7 +99,7 @@ class LLMEngine:
             getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.stats = EngineStats()
         self._eos_ids = self._collect_eos_ids()
-        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
+        self._vocab_size = int(model.config.vocab_size)
         self._generator = torch.Generator(device=model.device)
         self._generator.manual_seed(config.seed)
         # _lock guards _scheduler, _aborted, _stopped: shared with add_request/abort callers.
@@ -326,7 +326,7 @@ class LLMEngine:
         if not rows:
             return {}
         top_n = [seqs[i].request.sampling.logprobs or 0 for i in rows]
-        found = token_logprobs(logits, rows, tokens, top_n, lambda t: self.tokenizer.decode([t]))
+        found = token_logprobs(logits, rows, tokens, top_n, lambda t: str(self.tokenizer.decode([t])))
         return dict(zip(rows, found))
 
     def _advance(self, seq: Sequence, token: int, logprobs: TokenLogprobs | None = None) -> FinishReason | None:

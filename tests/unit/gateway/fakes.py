@@ -6,11 +6,18 @@ import asyncio
 import json
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.llm_client import GenerationChunk, GenerationInput, ModelCard
+from gateway.llm_client import (
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationInput,
+    ModelCard,
+    TokenLogprob,
+    TopLogprob,
+)
 
 
 WAIT_TIMEOUT_S = 5.0
@@ -40,9 +47,26 @@ Step = GenerationChunk | Exception | Signal | Wait | Hang
 
 
 def chunk(
-    text: str, finish: str | None = None, prompt_tokens: int | None = None, tokens: int = 1
+    text: str,
+    finish: str | None = None,
+    prompt_tokens: int | None = None,
+    tokens: int = 1,
+    logprobs: tuple[TokenLogprob, ...] = (),
 ) -> GenerationChunk:
-    return GenerationChunk(text, finish, prompt_tokens, tokens)
+    return GenerationChunk(text, finish, prompt_tokens, tokens, logprobs)
+
+
+def token_logprob(token: str, logprob: float, alternatives: int = 3) -> TokenLogprob:
+    """The sampled token first (rank 1), then `alternatives - 1` made-up runners-up."""
+    top = (TopLogprob(token, logprob),) + tuple(
+        TopLogprob(f"alt{j}", logprob - j) for j in range(1, alternatives)
+    )
+    return TokenLogprob(token, logprob, top)
+
+
+def fake_vector(text: str, size: int = 4) -> list[float]:
+    """A deterministic stand-in embedding of `text`."""
+    return [float(len(text) + j) / 8 for j in range(size)]
 
 
 def words_script(text: str, prompt_tokens: int = 3) -> list[Step]:
@@ -69,7 +93,11 @@ class FakeLLMClient:
         self.models = list(
             models
             if models is not None
-            else [ModelCard("echo", "echo", 256), ModelCard("echo-alias", "echo", 256)]
+            else [
+                ModelCard("echo", "echo", 256),
+                ModelCard("echo-alias", "echo", 256),
+                ModelCard("embedder", "embedder", 128, "embed"),
+            ]
         )
         self.ready = True
         self.list_error: Exception | None = None
@@ -80,6 +108,9 @@ class FakeLLMClient:
         self.closed_early_event = threading.Event()
         self.completed = 0
         self.closed = False
+        self.counted: list[tuple[str, str]] = []
+        self.embedded: list[tuple[str, list[str]]] = []
+        self.embed_error: Exception | None = None
         self._events: dict[str, asyncio.Event] = {}
 
     def queue(self, *scripts: list[Step]) -> None:
@@ -119,6 +150,23 @@ class FakeLLMClient:
             if not finished:
                 self.closed_early += 1
                 self.closed_early_event.set()
+
+    async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
+        """One token per word."""
+        self.counted.append((model, prompt))
+        return len(prompt.split())
+
+    async def embed(
+        self, model: str, texts: Sequence[str], request_id: str = ""
+    ) -> EmbeddingResult:
+        """`fake_vector` of each text; one token per word."""
+        self.embedded.append((model, list(texts)))
+        if self.embed_error is not None:
+            raise self.embed_error
+        return EmbeddingResult(
+            vectors=[fake_vector(t) for t in texts],
+            prompt_tokens=sum(len(t.split()) for t in texts),
+        )
 
     async def wait_hanging(self) -> None:
         """For tests on the app's own loop: returns once some generation hangs."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.unit.gateway.fakes import FakeLLMClient, chunk, sse_events, words_script
@@ -104,9 +105,19 @@ def test_empty_prompt_list_is_rejected(client: TestClient) -> None:
     assert response.json()["error"]["param"] == "prompt"
 
 
-def test_logprobs_are_rejected_rather_than_ignored(client: TestClient, fake: FakeLLMClient) -> None:
-    response = client.post(COMPLETIONS, json={"model": "echo", "prompt": "p", "logprobs": 2})
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": 21}, "logprobs"),
+        ({"logprobs": -1}, "logprobs"),
+        ({"logprobs": 2, "echo": True}, "echo"),
+    ],
+)
+def test_bad_logprobs_are_400(
+    client: TestClient, fake: FakeLLMClient, extra: dict[str, object], param: str
+) -> None:
+    response = client.post(COMPLETIONS, json={"model": "echo", "prompt": "p", **extra})
 
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "logprobs"
+    assert response.json()["error"]["param"] == param
     assert fake.inputs == []

@@ -174,6 +174,14 @@ def test_upstream_error_mapping(
     assert ("Retry-After" in error.headers) == (status in (429, 503))
 
 
+def test_tritons_queue_full_message_loses_its_request_id_prefix() -> None:
+    error = upstream_error("[request id: chatcmpl-1-0] Exceeds maximum queue size")
+
+    assert (error.status_code, error.err_type) == (429, "rate_limit_error")
+    assert error.message == "Exceeds maximum queue size"
+    assert error.headers == {"Retry-After": "1"}
+
+
 def test_strip_code_prefix() -> None:
     assert strip_code_prefix("[INVALID_ARG] no FAIL") == ("INVALID_ARG", "no FAIL")
     assert strip_code_prefix("plain") == (None, "plain")

@@ -10,11 +10,15 @@ import pytest
 from tritonclient.grpc import service_pb2
 
 from gateway.llm_client import GenerationInput, SamplingParams
+from gateway.errors import UpstreamError
+from gateway.llm_client import TokenLogprob, TopLogprob
 from gateway.triton_client import (
     OUTPUTS,
     TritonModel,
+    build_count_request,
     build_request,
     decode_response,
+    parse_logprobs,
     parse_model_config,
     sampling_json,
 )
@@ -33,11 +37,13 @@ def test_config_with_aliases_and_context_length() -> None:
 
     model = parse_model_config("llm", config)
 
-    assert model == TritonModel("llm", True, ("chat-a", "chat-b", "llm"), 2048)
-    assert [(c.id, c.triton_model, c.context_length) for c in model.cards()] == [
-        ("llm", "llm", 2048),
-        ("chat-a", "llm", 2048),
-        ("chat-b", "llm", 2048),
+    assert model == TritonModel(
+        "llm", True, ("chat-a", "chat-b", "llm"), 2048, "generate", 8, frozenset(), frozenset()
+    )
+    assert [(c.id, c.triton_model, c.context_length, c.kind) for c in model.cards()] == [
+        ("llm", "llm", 2048, "generate"),
+        ("chat-a", "llm", 2048, "generate"),
+        ("chat-b", "llm", 2048, "generate"),
     ]
 
 
@@ -52,6 +58,31 @@ def test_config_without_parameters_is_the_model_name_only() -> None:
 
 def test_non_decoupled_models_are_not_llms() -> None:
     assert parse_model_config("classifier", {"max_batch_size": 8}) is None
+
+
+def test_embedding_model_config() -> None:
+    config = {
+        "max_batch_size": 32,
+        "input": [{"name": "text", "data_type": "TYPE_STRING", "dims": ["1"]}],
+        "output": [
+            {"name": "embedding", "data_type": "TYPE_FP32", "dims": ["384"]},
+            {"name": "num_input_tokens", "data_type": "TYPE_UINT32", "dims": ["1"]},
+        ],
+        "parameters": {
+            "served_model_names": {"string_value": "minilm"},
+            "max_model_len": {"string_value": "256"},
+        },
+    }
+
+    model = parse_model_config("all-minilm", config)
+
+    assert model is not None
+    assert (model.kind, model.max_batch_size, model.context_length) == ("embed", 32, 256)
+    assert model.outputs == {"embedding", "num_input_tokens"}
+    assert [(c.id, c.triton_model, c.kind) for c in model.cards()] == [
+        ("all-minilm", "all-minilm", "embed"),
+        ("minilm", "all-minilm", "embed"),
+    ]
 
 
 def test_bad_max_model_len_is_ignored() -> None:
@@ -93,6 +124,56 @@ def test_completion_request_tensors(batched: bool, shape: list[int]) -> None:
     assert json.loads(str(inputs["sampling_parameters"][2])) == {"max_tokens": 3}
     assert [o.name for o in request.outputs] == list(OUTPUTS)
     assert request.parameters["triton_enable_empty_final_response"].bool_param
+
+
+def test_logprobs_ask_for_the_logprobs_output() -> None:
+    inp = GenerationInput(model="m", prompt="Hi", sampling=SamplingParams(logprobs=2))
+
+    request = build_request(inp, batched=True)
+
+    assert _inputs(request)["return_logprobs"] == ("BOOL", [1, 1], True)
+    assert json.loads(str(_inputs(request)["sampling_parameters"][2])) == {"logprobs": 2}
+    assert [o.name for o in request.outputs] == [*OUTPUTS, "logprobs"]
+    plain = build_request(GenerationInput(model="m", prompt="Hi"), batched=True)
+    assert "return_logprobs" not in _inputs(plain)
+    assert "logprobs" not in [o.name for o in plain.outputs]
+
+
+def test_count_request_tensors() -> None:
+    request = build_count_request("m", "count me", "tc-0", batched=False)
+
+    assert (request.model_name, request.id) == ("m", "tc-0")
+    assert _inputs(request) == {
+        "text_input": ("BYTES", [1], "count me"),
+        "count_tokens_only": ("BOOL", [1], True),
+        "return_num_input_tokens": ("BOOL", [1], True),
+    }
+    assert [o.name for o in request.outputs] == ["num_input_tokens"]
+
+
+def test_parse_vllm_backend_logprobs() -> None:
+    first = {
+        "7": {"logprob": -3.0, "rank": 3, "decoded_token": " z"},
+        "1": {"logprob": -0.1, "rank": 1, "decoded_token": " a"},
+        "2": {"logprob": -2.0, "rank": 2, "decoded_token": None},
+    }
+    second = {"5": {"logprob": float("-inf"), "rank": 9, "decoded_token": "!"}}
+
+    parsed = parse_logprobs([json.dumps([first]), json.dumps([second]), "null", ""])
+
+    assert parsed == (
+        TokenLogprob(
+            " z", -3.0, (TopLogprob(" a", -0.1), TopLogprob("", -2.0), TopLogprob(" z", -3.0))
+        ),
+        TokenLogprob("!", -9999.0, (TopLogprob("!", -9999.0),)),
+    )
+
+
+@pytest.mark.parametrize("payload", ["{not json", '[{"1": {"rank": 1}}]', "[[1, 2]]"])
+def test_malformed_logprobs_are_an_upstream_error(payload: str) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        parse_logprobs([payload])
+    assert caught.value.status_code == 500
 
 
 def test_chat_request_sends_messages_as_json() -> None:

@@ -3,7 +3,13 @@
 The "tokens" are the whitespace-separated words of `text_input` (for chat: of the last
 message's content). Each word is one response (word plus a space, except the last word sent);
 `max_tokens` cuts the answer with finish_reason "length", otherwise it ends with "stop".
-`num_input_tokens` counts the words of the whole input (every message for chat).
+`num_input_tokens` counts the words of the whole input (every message for chat);
+`count_tokens_only` answers with that count alone.
+
+With `return_logprobs`, each word comes with vllm_backend-style logprobs: the word itself
+(token id 1000 + position, logprob -0.25 * (position + 1), rank 1), then `logprobs - 1`
+runners-up "alt1", "alt2", ... (ids 1, 2, ..., each 1.0 less likely than the one before),
+where `logprobs` is the sampling parameter of that name.
 
 Magic words, so tests can drive the edge cases:
 - `FAIL` anywhere in the input: the request fails with `[INVALID_ARG] echo refuses FAIL`.
@@ -37,6 +43,7 @@ class _Stream:
     input_words: int
     limit: int
     slow: bool
+    logprobs: int | None = None
     sent: int = 0
     done: bool = False
     request_id: str = field(default="")
@@ -50,17 +57,35 @@ def _string_input(request: Any, name: str) -> str | None:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _response(text: str, finish_reason: str, input_words: int, output_words: int) -> Any:
-    return pb_utils.InferenceResponse(
-        output_tensors=[
-            pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
-            pb_utils.Tensor(
-                "finish_reason", np.array([[finish_reason.encode("utf-8")]], dtype=np.object_)
-            ),
-            pb_utils.Tensor("num_input_tokens", np.array([[input_words]], dtype=np.uint32)),
-            pb_utils.Tensor("num_output_tokens", np.array([[output_words]], dtype=np.uint32)),
-        ]
-    )
+def _flag(request: Any, name: str) -> bool:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return tensor is not None and bool(tensor.as_numpy().reshape(-1)[0])
+
+
+def _logprobs_json(word: str, position: int, top: int) -> str:
+    sampled_logprob = -0.25 * (position + 1)
+    entry = {str(1000 + position): {"logprob": sampled_logprob, "rank": 1, "decoded_token": word}}
+    for j in range(1, top):
+        entry[str(j)] = {"logprob": sampled_logprob - j, "rank": j + 1, "decoded_token": f"alt{j}"}
+    return json.dumps([entry])
+
+
+def _response(
+    text: str, finish_reason: str, input_words: int, output_words: int, logprobs: str | None = None
+) -> Any:
+    tensors = [
+        pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
+        pb_utils.Tensor(
+            "finish_reason", np.array([[finish_reason.encode("utf-8")]], dtype=np.object_)
+        ),
+        pb_utils.Tensor("num_input_tokens", np.array([[input_words]], dtype=np.uint32)),
+        pb_utils.Tensor("num_output_tokens", np.array([[output_words]], dtype=np.uint32)),
+    ]
+    if logprobs is not None:
+        tensors.append(
+            pb_utils.Tensor("logprobs", np.array([[logprobs.encode("utf-8")]], dtype=np.object_))
+        )
+    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 class TritonPythonModel:
@@ -103,6 +128,12 @@ class TritonPythonModel:
         if "FAIL" in input_text.split():
             self._fail(sender, "[INVALID_ARG] echo refuses FAIL", pb_utils.TritonError.INVALID_ARG)
             return None
+        if _flag(request, "count_tokens_only"):
+            sender.send(
+                _response("", "", len(input_text.split()), 0),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            return None
         words = text.split()
         return _Stream(
             sender=sender,
@@ -110,6 +141,7 @@ class TritonPythonModel:
             input_words=len(input_text.split()),
             limit=len(words) if max_tokens is None else min(max_tokens, len(words)),
             slow="SLOW" in input_text.split(),
+            logprobs=int(params.get("logprobs") or 0) if _flag(request, "return_logprobs") else None,
             request_id=request.request_id(),
         )
 
@@ -150,13 +182,14 @@ class TritonPythonModel:
         stream.sent += 1
         last = stream.sent == stream.limit
         word = stream.words[index] + ("" if last else " ")
+        logprobs = None if stream.logprobs is None else _logprobs_json(word, index, stream.logprobs)
         if not last:
-            stream.sender.send(_response(word, "", stream.input_words, 1))
+            stream.sender.send(_response(word, "", stream.input_words, 1, logprobs))
             return
         reason = "length" if stream.limit < len(stream.words) else "stop"
         # The last word rides with the final flag.
         stream.sender.send(
-            _response(word, reason, stream.input_words, 1),
+            _response(word, reason, stream.input_words, 1, logprobs),
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
         stream.done = True

@@ -1,0 +1,633 @@
+"""Several Triton servers behind one gateway: `RoutedLLMClient`.
+
+The router holds one `LLMClient` per Triton endpoint (a `TritonLLMClient` on one gRPC
+address, or a fake in tests) and is itself an `LLMClient`, so the HTTP layer does not know
+how many servers there are.
+
+- Discovery: a target is `HOST:PORT`, or `dns:///HOST:PORT` for every address the name
+  resolves to (a Kubernetes headless Service), resolved again on each health round.
+- Health: a background task probes every endpoint each `health_interval_s` (readiness,
+  its repository index every `model_refresh_s`, and optionally Triton's queue metrics).
+  An endpoint is routable only while ready and after its model list is known.
+- Choice: among the ready endpoints that serve the model, the least loaded (requests this
+  gateway has outstanding there, plus the requests queued in Triton when its metrics are
+  scraped); ties go to the endpoint picked least recently, so a steady stream of
+  one-at-a-time requests alternates.
+- Failures: an endpoint that fails a request with "unavailable" (503: unreachable, shutting
+  down, overloaded) is taken out at once and probed right away; it is taken back when a
+  probe finds it ready. A generation that fails before its first chunk was yielded is
+  retried on another endpoint (503, 429 and an unknown model are retried; a refused request
+  is not). After the first chunk it cannot be retried: the error reaches the client as an
+  error event after the text already sent.
+- Never a hang: an endpoint that stays unreachable for `dead_after_s` has its client
+  replaced, which closes its gRPC channels and so ends its in-flight streams with an error.
+  An unreachable endpoint with nothing in flight gets a fresh client on every probe, so a
+  restarted server is reconnected at once instead of after gRPC's reconnect back-off.
+
+Everything here runs on the event loop: no threads, no locks beyond the start-up one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from gateway.errors import RETRY_AFTER_S, UpstreamError
+from gateway.llm_client import (
+    EmbeddingResult,
+    GenerationChunk,
+    GenerationInput,
+    LLMClient,
+    ModelCard,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DNS_PREFIX = "dns:///"
+QUEUE_METRICS = ("nv_inference_pending_request_count", "chatllm_waiting_sequences")
+"""Triton's requests waiting for `execute()`, and our backend's sequences waiting for a
+batch slot; both are labelled by `model`."""
+
+ClientFactory = Callable[[str], LLMClient]
+"""Builds the client of one endpoint from its gRPC address `host:port`."""
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""Resolves a host name to IP addresses."""
+QueueProbe = Callable[[str], Awaitable[dict[str, float]]]
+"""Scrapes a Triton metrics URL into requests queued per model."""
+
+
+@dataclass(frozen=True)
+class EndpointTarget:
+    """One configured Triton target."""
+
+    url: str
+    """`HOST:PORT` (gRPC), or `dns:///HOST:PORT` for every address HOST resolves to."""
+    metrics_port: int | None = None
+    """Triton's metrics port on the same host, scraped for queue lengths when set."""
+
+    @property
+    def is_dns(self) -> bool:
+        return self.url.startswith(DNS_PREFIX)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Timings of the health loop and the retry budget."""
+
+    health_interval_s: float = 1.0
+    """Time between two probe rounds (a failed request triggers a round at once)."""
+    probe_timeout_s: float = 2.0
+    """Upper bound on each probe call; a server slower than that counts as unreachable."""
+    model_refresh_s: float = 5.0
+    """How often a ready endpoint's repository index is read again."""
+    dead_after_s: float = 10.0
+    """Unreachable this long: the endpoint's in-flight streams are ended with an error."""
+    max_attempts: int = 3
+    """Endpoints tried for one request before its last error is returned."""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`"host:8001"` or `"[::1]:8001"` into `("host", 8001)`; raises `ValueError`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_queue_metrics(text: str) -> dict[str, float]:
+    """Requests queued per model from Triton's Prometheus text (see `QUEUE_METRICS`)."""
+    queued: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in QUEUE_METRICS:
+            continue
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if model:
+                queued[model] = queued.get(model, 0.0) + float(sample.value)
+    return queued
+
+
+async def resolve_host(host: str, port: int) -> list[str]:
+    """The IP addresses of `host` (the event loop's resolver, no blocking)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+class HttpQueueProbe:
+    """`QueueProbe` over one shared httpx client."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._http = httpx.AsyncClient(timeout=timeout_s)
+
+    async def __call__(self, url: str) -> dict[str, float]:
+        response = await self._http.get(url)
+        response.raise_for_status()
+        return parse_queue_metrics(response.text)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class Endpoint:
+    """One Triton server as the router sees it (state owned by the event loop)."""
+
+    def __init__(
+        self, address: str, target: EndpointTarget, client: LLMClient, metrics_url: str | None
+    ) -> None:
+        self.address = address
+        self.target = target
+        self.client = client
+        self.metrics_url = metrics_url
+        self.ready = False
+        """Routable: the last probe found it ready and its model list is known."""
+        self.cards: tuple[ModelCard, ...] = ()
+        self.models: frozenset[str] = frozenset()
+        """Triton model names it serves."""
+        self.models_fetched_at: float | None = None
+        self.queued: dict[str, float] = {}
+        self.outstanding = 0
+        """Requests this gateway has running there."""
+        self.last_pick = 0
+        self.unreachable_since: float | None = None
+        self.retiring = False
+        """No longer resolved by DNS: takes no new requests, dropped once idle."""
+        self.requests_total = 0
+        self.failures_total = 0
+
+    def load(self, model: str) -> float:
+        return self.outstanding + self.queued.get(model, 0.0)
+
+    def set_cards(self, cards: Sequence[ModelCard], now: float) -> None:
+        self.cards = tuple(cards)
+        self.models = frozenset(card.triton_model for card in cards)
+        self.models_fetched_at = now
+
+
+def _retryable(error: UpstreamError) -> bool:
+    """Worth another endpoint: unavailable, overloaded, or the model is not there."""
+    return error.status_code in (429, 503) or error.code == "model_not_found"
+
+
+def _no_endpoint_error(message: str) -> UpstreamError:
+    return UpstreamError(
+        503,
+        message,
+        "service_unavailable_error",
+        code="service_unavailable",
+        retry_after_s=RETRY_AFTER_S,
+    )
+
+
+class RoutedLLMClient:
+    """An `LLMClient` that spreads requests over several Triton endpoints.
+
+    Lifecycle: `start()` resolves the targets, probes every endpoint once and starts the
+    health task; every other method calls it first, so the first request (or `/health`
+    poll) starts the router inside the serving event loop. `close()` stops the task and
+    closes every endpoint client.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[EndpointTarget],
+        client_factory: ClientFactory,
+        config: RoutingConfig | None = None,
+        *,
+        queue_probe: QueueProbe | None = None,
+        resolver: Resolver = resolve_host,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not targets:
+            raise ValueError("at least one Triton endpoint is required")
+        for target in targets:  # fail at start-up, not on the first request
+            split_host_port(target.url.removeprefix(DNS_PREFIX))
+        self._targets = tuple(targets)
+        self._factory = client_factory
+        self._config = config or RoutingConfig()
+        self._queue_probe = queue_probe
+        self._resolver = resolver
+        self._clock = clock
+        # Owner: the event loop. Address -> endpoint, in target order.
+        self._endpoints: dict[str, Endpoint] = {}
+        self._picks = 0
+        self._started = False
+        self._closed = False
+        self._start_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Probe every endpoint once and start the health task (idempotent)."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started or self._closed:
+                return
+            await self.refresh()
+            self._task = asyncio.create_task(self._run(), name="triton-endpoint-health")
+            self._task.add_done_callback(_log_task_end)
+            self._started = True
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await asyncio.gather(
+            *(e.client.close() for e in self._endpoints.values()), return_exceptions=True
+        )
+        closer = getattr(self._queue_probe, "aclose", None)
+        if closer is not None:
+            await closer()
+
+    async def _run(self) -> None:
+        """The health task: a probe round, then sleep until the interval passes or a failed
+        request asks for an early round."""
+        while not self._closed:
+            # Not wait_for: on Python < 3.12 it can swallow the cancellation from close().
+            waiter = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=self._config.health_interval_s)
+            finally:
+                waiter.cancel()
+            self._wake.clear()
+            try:
+                await self.refresh()
+            except Exception:  # one bad round must not end health checking
+                logger.exception("endpoint health round failed")
+
+    # ---- health ----------------------------------------------------------------------
+
+    def endpoints(self) -> list[Endpoint]:
+        """The current endpoints, in target order (for tests, metrics and logs)."""
+        return list(self._endpoints.values())
+
+    async def refresh(self) -> None:
+        """One round: resolve targets, probe every endpoint, drop idle retired ones."""
+        await self._sync_endpoints()
+        await asyncio.gather(*(self._probe(e) for e in list(self._endpoints.values())))
+        for address, endpoint in list(self._endpoints.items()):
+            if endpoint.retiring and endpoint.outstanding == 0:
+                logger.info("endpoint %s removed (no longer resolved)", address)
+                del self._endpoints[address]
+                await endpoint.client.close()
+
+    async def _sync_endpoints(self) -> None:
+        wanted: dict[str, tuple[EndpointTarget, str | None]] = {}
+        kept: set[str] = set()
+        for target in self._targets:
+            if not target.is_dns:
+                wanted[target.url] = (target, _metrics_url(target.url, target.metrics_port))
+                continue
+            host, port = split_host_port(target.url[len(DNS_PREFIX) :])
+            try:
+                ips = await asyncio.wait_for(
+                    self._resolver(host, port), self._config.probe_timeout_s
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                # A DNS blip must not drop working servers: keep what we had.
+                logger.warning("cannot resolve %s: %s", target.url, exc)
+                kept.update(a for a, e in self._endpoints.items() if e.target == target)
+                continue
+            for ip in ips:
+                address = join_host_port(ip, port)
+                wanted[address] = (target, _metrics_url(address, target.metrics_port))
+        for address, (target, metrics_url) in wanted.items():
+            endpoint = self._endpoints.get(address)
+            if endpoint is None:
+                logger.info("endpoint %s added", address)
+                self._endpoints[address] = Endpoint(
+                    address, target, self._factory(address), metrics_url
+                )
+            elif endpoint.retiring:
+                endpoint.retiring = False
+        for address, endpoint in self._endpoints.items():
+            if address not in wanted and address not in kept and not endpoint.retiring:
+                logger.info("endpoint %s no longer resolved; draining", address)
+                endpoint.retiring = True
+                endpoint.ready = False
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        timeout = self._config.probe_timeout_s
+        now = self._clock()
+        client = endpoint.client
+        ready = await _bounded(client.is_ready(), timeout, False)
+        reachable = ready
+        if ready:
+            due = (
+                endpoint.models_fetched_at is None
+                or now - endpoint.models_fetched_at >= self._config.model_refresh_s
+            )
+            if due:
+                try:
+                    cards = await asyncio.wait_for(client.list_models(), timeout)
+                except (UpstreamError, asyncio.TimeoutError) as exc:
+                    logger.warning("endpoint %s: cannot list models: %s", endpoint.address, exc)
+                    ready = False
+                else:
+                    endpoint.set_cards(cards, now)
+            if ready and endpoint.metrics_url and self._queue_probe is not None:
+                try:
+                    endpoint.queued = await asyncio.wait_for(
+                        self._queue_probe(endpoint.metrics_url), timeout
+                    )
+                except Exception as exc:  # queue lengths only refine the choice
+                    logger.debug("endpoint %s: no queue metrics: %s", endpoint.address, exc)
+                    endpoint.queued = {}
+        else:
+            # Not ready: is anybody there at all (a model loading) or is it gone?
+            try:
+                await asyncio.wait_for(client.list_models(), timeout)
+                reachable = True
+            except Exception:
+                reachable = False
+        if endpoint.client is not client:
+            return  # replaced while we were probing; the next round judges the new one
+        why = "not ready" if reachable else "unreachable"
+        self._set_ready(endpoint, ready and not endpoint.retiring, why)
+        if reachable:
+            endpoint.unreachable_since = None
+            return
+        if endpoint.unreachable_since is None:
+            endpoint.unreachable_since = now
+        dead_for = now - endpoint.unreachable_since
+        if endpoint.outstanding == 0 or dead_for >= self._config.dead_after_s:
+            if endpoint.outstanding:
+                logger.warning(
+                    "endpoint %s unreachable for %.0fs: ending its %d in-flight requests",
+                    endpoint.address,
+                    dead_for,
+                    endpoint.outstanding,
+                )
+            await self._replace_client(endpoint)
+
+    async def _replace_client(self, endpoint: Endpoint) -> None:
+        """A fresh client (new gRPC channels); closing the old one ends its streams."""
+        old, endpoint.client = endpoint.client, self._factory(endpoint.address)
+        try:
+            await old.close()
+        except Exception as exc:
+            logger.debug("endpoint %s: closing the old client: %s", endpoint.address, exc)
+
+    def _set_ready(self, endpoint: Endpoint, ready: bool, why: str) -> None:
+        ready = ready and endpoint.models_fetched_at is not None
+        if ready == endpoint.ready:
+            return
+        endpoint.ready = ready
+        if ready:
+            logger.info(
+                "endpoint %s is ready: routing to it (models: %s)",
+                endpoint.address,
+                ", ".join(sorted(endpoint.models)) or "none",
+            )
+        else:
+            logger.warning("endpoint %s taken out of routing (%s)", endpoint.address, why)
+
+    def _on_failure(self, endpoint: Endpoint, model: str, error: UpstreamError) -> None:
+        endpoint.failures_total += 1
+        if error.status_code == 503:
+            self._set_ready(endpoint, False, f"request failed: {error.message}")
+            self._wake.set()  # probe now: readmitted at once if it was only a blip
+        elif error.code == "model_not_found" and model in endpoint.models:
+            endpoint.models = endpoint.models - {model}
+            endpoint.models_fetched_at = None  # re-read its index on the next round
+            self._wake.set()
+
+    # ---- choice ----------------------------------------------------------------------
+
+    def _pick(self, model: str, tried: set[str]) -> Endpoint:
+        candidates = [
+            e
+            for e in self._endpoints.values()
+            if e.ready and model in e.models and e.address not in tried
+        ]
+        if not candidates:
+            if not any(e.ready for e in self._endpoints.values()):
+                raise _no_endpoint_error("no Triton server is ready")
+            raise _no_endpoint_error(f"no ready Triton server serves model `{model}`")
+        best = min(candidates, key=lambda e: (e.load(model), e.last_pick))
+        self._picks += 1
+        best.last_pick = self._picks
+        best.requests_total += 1
+        return best
+
+    async def _unary(
+        self, model: str, request_id: str, call: Callable[[LLMClient], Awaitable[T]]
+    ) -> T:
+        """Run an idempotent call on the best endpoint, retrying elsewhere when allowed."""
+        await self.start()
+        tried: set[str] = set()
+        while True:
+            endpoint = self._pick(model, tried)
+            tried.add(endpoint.address)
+            endpoint.outstanding += 1
+            try:
+                return await call(endpoint.client)
+            except UpstreamError as error:
+                self._on_failure(endpoint, model, error)
+                if not self._may_retry(model, error, tried, request_id, endpoint):
+                    raise
+            finally:
+                endpoint.outstanding -= 1
+
+    def _may_retry(
+        self,
+        model: str,
+        error: UpstreamError,
+        tried: set[str],
+        request_id: str,
+        endpoint: Endpoint,
+    ) -> bool:
+        if not _retryable(error) or len(tried) >= self._config.max_attempts:
+            return False
+        if not any(
+            e.ready and model in e.models and e.address not in tried
+            for e in self._endpoints.values()
+        ):
+            return False  # nobody else to ask: the client gets this error
+        logger.info(
+            "request %s: %s failed before any output (%d %s); trying another server",
+            request_id,
+            endpoint.address,
+            error.status_code,
+            error.message,
+        )
+        return True
+
+    # ---- LLMClient -------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelCard]:
+        """The union of the ready endpoints' models, read fresh from each of them."""
+        await self.start()
+        ready = [e for e in self._endpoints.values() if e.ready]
+        if not ready:
+            raise _no_endpoint_error("no Triton server is ready")
+        timeout = self._config.probe_timeout_s
+        results = await asyncio.gather(
+            *(asyncio.wait_for(e.client.list_models(), timeout) for e in ready),
+            return_exceptions=True,
+        )
+        now = self._clock()
+        cards: dict[str, ModelCard] = {}
+        answered = 0
+        for endpoint, result in zip(ready, results):
+            if isinstance(result, BaseException):
+                logger.warning("endpoint %s: cannot list models: %s", endpoint.address, result)
+                if isinstance(result, UpstreamError) and result.status_code == 503:
+                    self._set_ready(endpoint, False, f"listing models failed: {result.message}")
+                    self._wake.set()
+                continue
+            answered += 1
+            endpoint.set_cards(result, now)
+            for card in result:
+                known = cards.setdefault(card.id, card)
+                if known.triton_model != card.triton_model:
+                    logger.warning(
+                        "name %s means model %s on one server and %s on %s; using %s",
+                        card.id,
+                        known.triton_model,
+                        card.triton_model,
+                        endpoint.address,
+                        known.triton_model,
+                    )
+        if not answered:
+            raise _no_endpoint_error("no Triton server answered the model list")
+        return list(cards.values())
+
+    async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
+        """Stream from the least-loaded endpoint; retried elsewhere only before the first
+        chunk. Closing this iterator closes (and so cancels) the upstream stream."""
+        await self.start()
+        tried: set[str] = set()
+        while True:
+            endpoint = self._pick(inp.model, tried)
+            tried.add(endpoint.address)
+            endpoint.outstanding += 1
+            stream = endpoint.client.generate(inp)
+            yielded = False
+            try:
+                async for chunk in stream:
+                    yielded = True
+                    yield chunk
+                return
+            except UpstreamError as error:
+                self._on_failure(endpoint, inp.model, error)
+                if yielded:
+                    raise _mid_stream_error(error, inp.request_id, endpoint) from None
+                if not self._may_retry(inp.model, error, tried, inp.request_id, endpoint):
+                    raise
+            finally:
+                endpoint.outstanding -= 1
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+    async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
+        return await self._unary(
+            model, request_id, lambda client: client.count_tokens(model, prompt, request_id)
+        )
+
+    async def embed(
+        self, model: str, texts: Sequence[str], request_id: str = ""
+    ) -> EmbeddingResult:
+        return await self._unary(
+            model, request_id, lambda client: client.embed(model, texts, request_id)
+        )
+
+    async def is_ready(self) -> bool:
+        """True while at least one endpoint is ready."""
+        await self.start()
+        return any(e.ready for e in self._endpoints.values())
+
+
+def _mid_stream_error(error: UpstreamError, request_id: str, endpoint: Endpoint) -> UpstreamError:
+    logger.warning(
+        "request %s: %s failed mid-stream (%d %s)",
+        request_id,
+        endpoint.address,
+        error.status_code,
+        error.message,
+    )
+    if error.status_code != 503:
+        return error  # the model's own error: its message says what happened
+    return UpstreamError(
+        503,
+        "the inference server failed during the generation; the answer is incomplete "
+        f"({error.message})",
+        error.err_type,
+        code=error.code,
+        retry_after_s=error.retry_after_s,
+    )
+
+
+def _metrics_url(address: str, port: int | None) -> str | None:
+    if port is None:
+        return None
+    host, _ = split_host_port(address)
+    return f"http://{join_host_port(host, port)}/metrics"
+
+
+async def _bounded(call: Awaitable[bool], timeout_s: float, default: bool) -> bool:
+    try:
+        return bool(await asyncio.wait_for(call, timeout_s))
+    except Exception:
+        return default
+
+
+def _log_task_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the endpoint health task stopped", exc_info=task.exception())
+
+
+class RoutingCollector(Collector):
+    """Per-endpoint gauges, read from the router when Prometheus scrapes."""
+
+    def __init__(self, router: RoutedLLMClient) -> None:
+        self._router = router
+
+    def collect(self) -> list[Metric]:
+        ready = GaugeMetricFamily(
+            "tritonchat_gateway_endpoint_ready",
+            "1 while the Triton endpoint takes requests from this gateway",
+            labels=["endpoint"],
+        )
+        outstanding = GaugeMetricFamily(
+            "tritonchat_gateway_endpoint_outstanding_requests",
+            "Requests this gateway has running on the Triton endpoint",
+            labels=["endpoint"],
+        )
+        requests = CounterMetricFamily(
+            "tritonchat_gateway_endpoint_requests",
+            "Requests (and retries) this gateway sent to the Triton endpoint",
+            labels=["endpoint"],
+        )
+        failures = CounterMetricFamily(
+            "tritonchat_gateway_endpoint_failures",
+            "Requests that failed on the Triton endpoint (retried elsewhere when possible)",
+            labels=["endpoint"],
+        )
+        for endpoint in self._router.endpoints():
+            ready.add_metric([endpoint.address], 1.0 if endpoint.ready else 0.0)
+            outstanding.add_metric([endpoint.address], float(endpoint.outstanding))
+            requests.add_metric([endpoint.address], float(endpoint.requests_total))
+            failures.add_metric([endpoint.address], float(endpoint.failures_total))
+        return [ready, outstanding, requests, failures]
