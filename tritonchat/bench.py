@@ -12,6 +12,7 @@ and the ratios (2)/(1) and (3)/(1); writes JSON, markdown and a plot.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import json
 import shutil
@@ -19,6 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,14 +105,17 @@ def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -
     return Result("ceiling", concurrency, generated, seconds, peak_kv_mib=kv)
 
 
-def run_engine(model: Any, tokenizer: Any, concurrency: int, new_tokens: int, cpu_threads: int) -> Result:
-    """C requests submitted at once to a fresh engine stepping on its own thread."""
+def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: int, new_tokens: int,
+               torch_thread: Executor) -> Result:
+    """C requests submitted at once to a fresh engine (the model's config.pbtxt parameters)
+    stepping on `torch_thread`."""
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.engine import LLMEngine
     from chatllm_engine.types import GenerationRequest, SamplingParams
 
-    config = EngineConfig(model_path="bench", max_num_seqs=max(64, concurrency), kv_cache_tokens=1 << 20,
-                          cpu_threads=cpu_threads)
+    # Room for every request at once, whatever the model's own limits.
+    config = dataclasses.replace(EngineConfig.from_parameters(params), max_num_seqs=max(64, concurrency),
+                                 kv_cache_tokens=1 << 20)
     engine = LLMEngine(model, tokenizer, config)
     done = threading.Event()
     times: dict[str, list[tuple[float, int]]] = {}
@@ -129,8 +134,7 @@ def run_engine(model: Any, tokenizer: Any, concurrency: int, new_tokens: int, cp
         return sink
 
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-    thread = threading.Thread(target=engine.run, daemon=True)
-    thread.start()
+    stepping = torch_thread.submit(engine.run)
     start = time.perf_counter()
     for i, messages in enumerate(chat_messages(concurrency)):
         rid = f"bench-{i}"
@@ -139,7 +143,7 @@ def run_engine(model: Any, tokenizer: Any, concurrency: int, new_tokens: int, cp
     done.wait()
     seconds = time.perf_counter() - start
     engine.stop()
-    thread.join()
+    stepping.result()
     result = Result("engine", concurrency, sum(n for ev in times.values() for _, n in ev), seconds,
                     peak_kv_mib=engine.stats.peak_kv_slots * _kv_bytes_per_token(model) / 2**20)
     for events in times.values():
@@ -282,26 +286,27 @@ def _plot(results: list[Result], path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.loader import load_model
 
-    if args.cpu_threads:
-        torch.set_num_threads(args.cpu_threads)
     repository = Path(args.model_repository)
     params = model_parameters(repository / args.model / "config.pbtxt")
-    model, tokenizer = load_model(EngineConfig.from_parameters(params))
-    run_ceiling(model, tokenizer, 2, 4)  # warm-up: first calls allocate and pick kernels
-    run_engine(model, tokenizer, 2, 4, args.cpu_threads)
+    if args.cpu_threads:
+        params["cpu_threads"] = str(args.cpu_threads)
     results: list[Result] = []
-    for c in args.concurrency:
-        for result in (run_ceiling(model, tokenizer, c, args.new_tokens),
-                       run_engine(model, tokenizer, c, args.new_tokens, args.cpu_threads)):
-            results.append(result)
-            print(json.dumps(result.summary()), flush=True)
-    if not args.skip_e2e:
+    # Every forward pass (ceiling and engine) runs on this one thread, as in the backend,
+    # where the engine thread owns the model (see chatllm_engine/engine_thread.py).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
+        model, tokenizer = torch_thread.submit(load_model, EngineConfig.from_parameters(params)).result()
+        torch_thread.submit(run_ceiling, model, tokenizer, 2, 4).result()  # warm-up: allocations, kernels
+        run_engine(model, tokenizer, params, 2, 4, torch_thread)
+        for c in args.concurrency:
+            for result in (torch_thread.submit(run_ceiling, model, tokenizer, c, args.new_tokens).result(),
+                           run_engine(model, tokenizer, params, c, args.new_tokens, torch_thread)):
+                results.append(result)
+                print(json.dumps(result.summary()), flush=True)
         del model
+    if not args.skip_e2e:
         for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads):
             results.append(result)
             print(json.dumps(result.summary()), flush=True)

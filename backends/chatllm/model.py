@@ -3,7 +3,7 @@
 The only module that imports `triton_python_backend_utils`. Threads:
 - Triton's execute() thread: parses requests and queues them on the engine (never blocks on
   generation, so Triton's dynamic batcher keeps handing over new requests).
-- the engine thread: `LLMEngine.run()`, the step loop.
+- the engine thread (`EngineThread`): loads the model, then runs `LLMEngine.run()`, the step loop.
 - the response thread: turns engine events into responses, watches for cancellation and
   publishes the engine's metrics.
 """
@@ -24,10 +24,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from chatllm_engine.config import ConfigError, EngineConfig
-from chatllm_engine.engine import LLMEngine
+from chatllm_engine.engine_thread import EngineThread
 from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
                                    RequestCancelled)
-from chatllm_engine.loader import load_model
 from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
@@ -177,8 +176,11 @@ class TritonPythonModel:
         except ConfigError as exc:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
         self._batched = int(self.model_config.get("max_batch_size", 0)) > 0
-        model, tokenizer = load_model(config)
-        self.engine = LLMEngine(model, tokenizer, config)
+        self._engine_thread = EngineThread(config)  # loads the model and steps, on one thread
+        try:
+            self.engine = self._engine_thread.start()
+        except EngineError as exc:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
         self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"),
                                  args.get("model_instance_name", ""), config.kv_cache_tokens)
 
@@ -187,10 +189,8 @@ class TritonPythonModel:
         self._inflight: dict[str, InFlight] = {}
         # Engine thread -> response thread.
         self._events: queue.Queue[tuple[str, TokenEvent | EngineError] | None] = queue.Queue()
-        self._engine_thread = threading.Thread(target=self.engine.run, name="chatllm-engine", daemon=True)
         self._response_thread = threading.Thread(target=self._respond_loop, name="chatllm-responses",
                                                  daemon=True)
-        self._engine_thread.start()
         self._response_thread.start()
         logger.info("%s ready on %s: max_num_seqs=%d kv_cache_tokens=%d max_model_len=%d",
                     args["model_name"], config.device, config.max_num_seqs, config.kv_cache_tokens,
@@ -372,8 +372,7 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
-        self.engine.stop()
-        self._engine_thread.join(timeout=10)
+        self._engine_thread.stop(timeout=10)
         self._events.put(None)
         self._response_thread.join(timeout=10)
         logger.info("finalized; engine stats %s", self.engine.stats)

@@ -38,7 +38,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_queue_size: int = 256
     kv_cache_tokens: int = 32768
-    max_prefill_tokens: int = 512  # prompt tokens admitted per step (bounds stalls of running rows)
+    max_prefill_tokens: int = 512  # tokens one prefill pass computes (bounds stalls of running rows)
     enable_prefix_caching: bool = True
     prefix_cache_tokens: int = 4096
     max_model_len: int = 0  # 0: the model's max_position_embeddings

@@ -3,6 +3,8 @@
 Each `step()`: drop aborted sequences, admit waiting ones (prefilled together in one pass
 and appended to the running batch), preempt the newest rows if the KV budget would be
 exceeded, run one decode step for every row, sample, emit text, and drop finished rows.
+A step that admitted newcomers skips its decode, unless the step before skipped it too:
+time to first token comes first, and running streams stall for at most one prefill pass.
 Callers on other threads use `add_request` and `abort`; one engine thread calls `step()`
 (via `run`).
 """
@@ -112,6 +114,7 @@ class LLMEngine:
         # Engine-thread state only.
         self._running: list[Sequence] = []
         self._batch: KVBatch | None = None
+        self._skipped_decode = False  # the last step prefilled newcomers and did not decode
         self._prefixes = PrefixCache(config.prefix_cache_tokens) if config.enable_prefix_caching else None
 
     # ---- caller side -------------------------------------------------------------------
@@ -236,7 +239,7 @@ class LLMEngine:
             if aborted:
                 self._drop([i for i, s in enumerate(self._running) if s.request_id in aborted], abort=True)
             batch_len = self._batch.length if self._batch is not None else 0
-            admitted = self._scheduler.admit(len(self._running), batch_len)
+            admitted = self._scheduler.admit(len(self._running), batch_len, self._prefill_cost)
             self.stats.waiting = len(self._scheduler)
         if admitted:
             try:
@@ -251,6 +254,13 @@ class LLMEngine:
         if not self._running:
             self._update_stats()
             return
+        if admitted and not self._skipped_decode:
+            # Prefill first: while newcomers arrive, they get their first token a decode pass
+            # sooner; the running rows wait at most one such step (the next one decodes).
+            self._skipped_decode = True
+            self._update_stats()
+            return
+        self._skipped_decode = False
         self._preempt_if_needed()
         assert self._batch is not None
         tokens = [s.next_token for s in self._running]
@@ -260,6 +270,11 @@ class LLMEngine:
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(self._running))
         self._update_stats()
         self._sample_and_emit(self._running, logits)
+
+    def _prefill_cost(self, seq: Sequence) -> int:
+        """Tokens a prefill of `seq` computes: its prompt (and output so far) less a cached prefix."""
+        tokens = seq.prompt_ids + seq.output_ids
+        return len(tokens) - (self._prefixes.cached_length(tokens) if self._prefixes is not None else 0)
 
     def _waiting_items(self) -> list[Sequence]:
         return [w.item for w in self._scheduler._waiting]  # noqa: SLF001 - same package

@@ -63,6 +63,10 @@ class PrefixCache:
         while self.tokens > self.max_tokens:
             self._entries.popitem(last=False)
 
+    def cached_length(self, prompt: list[int]) -> int:
+        """How many leading tokens of `prompt` a prefill could take from the cache."""
+        return len(self._best_cached(prompt))
+
     def _best_cached(self, prompt: list[int]) -> tuple[int, ...]:
         best: tuple[int, ...] = ()
         for key in self._entries:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from .errors import EngineOverloaded
 
@@ -63,25 +63,27 @@ class FcfsScheduler(Generic[S]):
                 return True
         return False
 
-    def admit(self, running: int, padded_length: int) -> list[S]:
+    def admit(self, running: int, padded_length: int, prefill_cost: Callable[[S], int] | None = None) -> list[S]:
         """Pop, in order, the waiting sequences that fit beside `running` rows of `padded_length`.
 
         Fits: under max_num_seqs, and rows x (padded length + 1 + headroom) within the budget
         (an empty batch only needs room for the next token); at most max_prefill_tokens
-        prompt tokens in all, but always at least one sequence.
+        tokens to compute in all (`prefill_cost`, default: every token), but always at least
+        one sequence.
         """
         admitted: list[S] = []
         rows, length, prefill_tokens = running, padded_length, 0
         while self._waiting and rows < self.max_num_seqs:
             head = self._waiting[0]
-            if admitted and self.max_prefill_tokens and prefill_tokens + head.num_tokens > self.max_prefill_tokens:
+            cost = prefill_cost(head.item) if prefill_cost is not None else head.num_tokens
+            if admitted and self.max_prefill_tokens and prefill_tokens + cost > self.max_prefill_tokens:
                 break
             new_length = max(length, head.num_tokens)
             headroom = ADMISSION_HEADROOM if rows else 0
             if (rows + 1) * (new_length + 1 + headroom) > self.kv_cache_tokens:
                 break
             admitted.append(self._waiting.popleft().item)
-            rows, length, prefill_tokens = rows + 1, new_length, prefill_tokens + head.num_tokens
+            rows, length, prefill_tokens = rows + 1, new_length, prefill_tokens + cost
         return admitted
 
     def must_preempt(self, rows: int, padded_length: int) -> bool:
