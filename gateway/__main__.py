@@ -90,7 +90,7 @@ def build_client(settings: GatewaySettings) -> RoutedLLMClient:
     )
 
     def endpoint_client(address: str) -> TritonLLMClient:
-        return TritonLLMClient([address], request_timeout_s=settings.request_timeout_s)
+        return TritonLLMClient(address, request_timeout_s=settings.request_timeout_s)
 
     probe = HttpQueueProbe(settings.health_check_timeout_s) if ports else None
     return RoutedLLMClient(targets, endpoint_client, config, queue_probe=probe)

@@ -269,23 +269,21 @@ async def _one(
 
 
 class TritonLLMClient:
-    """Generation and model discovery on one Triton server (the first of `urls`).
+    """Generation and model discovery on one Triton server (`url`: its gRPC host:port).
 
     Connections are opened on first use, inside the running event loop.
     """
 
     def __init__(
         self,
-        urls: Sequence[str],
+        url: str,
         *,
         request_timeout_s: float | None = None,
         control_timeout_s: float = 10.0,
     ) -> None:
-        if not urls:
-            raise ValueError("at least one Triton gRPC URL is required")
-        self._url = urls[0]
-        if len(urls) > 1:
-            logger.warning("several Triton URLs given; only %s is used for now", self._url)
+        if not url:
+            raise ValueError("a Triton gRPC URL is required")
+        self._url = url
         self._request_timeout_s = request_timeout_s
         self._control_timeout_s = control_timeout_s
         self._admin: InferenceServerClient | None = None

@@ -83,15 +83,28 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, time
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:
-    """Stop a child politely (SIGINT, as Ctrl-C would), then for good."""
-    if process is None or process.poll() is not None:
+    """Stop a child politely (SIGINT, as Ctrl-C would), then for good.
+
+    Children are started with `start_new_session=True`, so each leads its own process group:
+    what is left of that group afterwards (Triton's Python backend stubs, when the server had
+    to be killed) is killed too, so no stub outlives its server.
+    """
+    if process is None:
         return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    kill_group(process)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process left in the group that `process` led (nothing if it led none)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[str] | None = None,
@@ -119,7 +132,8 @@ def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
             "--metrics-address=127.0.0.1", "--exit-timeout-secs=10", *(extra_args or [])]
     log = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     handle = TritonProcess(process, http, grpc, metrics, log)
     try:
         wait_until_ready(f"{handle.http_url}/v2/health/ready", process, "tritonserver", TRITON_READY_TIMEOUT_S, log)
@@ -139,7 +153,8 @@ def launch_gateway(triton_urls: list[str], api_keys: list[str] | None = None,
     argv = gateway_argv("127.0.0.1", port, triton_urls, api_keys, extra_args)
     log = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                   start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{base}/health", process, "gateway", GATEWAY_READY_TIMEOUT_S, log)

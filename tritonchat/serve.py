@@ -53,10 +53,11 @@ def serve(options: ServeOptions) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        triton = subprocess.Popen(runtime.command(options.triton_argv()), env=runtime.env)
+        # Own process groups: Ctrl-C reaches us only, and terminate() stops each child and its stubs.
+        triton = subprocess.Popen(runtime.command(options.triton_argv()), env=runtime.env, start_new_session=True)
         wait_until_ready(f"http://{options.host}:{options.http_port}/v2/health/ready", triton,
                          "tritonserver", options.ready_timeout_s, stop=stop)
-        gateway = subprocess.Popen(options.gateway_argv())
+        gateway = subprocess.Popen(options.gateway_argv(), start_new_session=True)
         wait_until_ready(f"http://{options.host}:{options.gateway_port}/health", gateway, "gateway",
                          60.0, stop=stop)
         print(f"tritonserver: http://{options.host}:{options.http_port} (gRPC {options.host}:{options.grpc_port}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,22 @@ def default_stack() -> Iterator[tuple[TritonProcess, str]]:
     one for every module that needs the real models, as loading them is the slow part."""
     with launch_triton(DEFAULT_REPOSITORY) as triton, launch_gateway([triton.grpc_url]) as gateway:
         yield triton, gateway
+
+
+@pytest.fixture(scope="session")
+def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """tritonserver serving only the deterministic echo model (fast to start), shared by the
+    modules that test the gateway and the load tests; tests compare metrics before and after."""
+    repository = tmp_path_factory.mktemp("echo_repository")
+    shutil.copytree(TEST_REPOSITORY / "echo", repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
+    with launch_triton(repository) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def echo_gateway(echo_triton: TritonProcess) -> Iterator[str]:
+    with launch_gateway([echo_triton.grpc_url]) as base_url:
+        yield base_url
 
 
 @pytest.fixture

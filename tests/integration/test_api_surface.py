@@ -13,8 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 
 pytestmark = pytest.mark.integration
@@ -79,14 +79,6 @@ def gateway(triton: TritonProcess) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def oai(gateway: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway}/v1", api_key=API_KEY, max_retries=0, timeout=30)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling interval
 
 
 def assert_healthy(gateway: str, oai: openai.OpenAI) -> None:

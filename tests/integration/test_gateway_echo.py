@@ -10,55 +10,28 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 
-from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.polling import wait_until
+from tests.integration.servers import TritonProcess
 
 pytestmark = pytest.mark.integration
 
-ECHO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "echo"
-DEADLINE_S = 15.0
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
-    # A repository holding only the echo model, whatever else tests/model_repository has.
-    repository = tmp_path_factory.mktemp("echo_repository")
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    with launch_triton(repository) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def gateway(triton: TritonProcess) -> Iterator[str]:
-    with launch_gateway([triton.grpc_url]) as base_url:
-        yield base_url
 
 
 @pytest.fixture
-def oai(gateway: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused", max_retries=0, timeout=30)
+def oai(echo_gateway: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{echo_gateway}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def cancelled_count(triton: TritonProcess) -> int:
     text = httpx.get(triton.metrics_url, timeout=5).text
     match = re.search(r'^echo_cancelled_requests_total\{[^}]*\} (\d+)', text, re.MULTILINE)
     return int(match.group(1)) if match else 0
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling interval
 
 
 def test_models_list_the_echo_model_and_its_alias(oai: openai.OpenAI) -> None:
@@ -130,10 +103,10 @@ def test_stop_strings_are_cut(oai: openai.OpenAI) -> None:
     assert answer.choices[0].finish_reason == "stop"
 
 
-def test_raw_sse_framing_with_two_choices(gateway: str) -> None:
+def test_raw_sse_framing_with_two_choices(echo_gateway: str) -> None:
     messages = [{"role": "user", "content": "x y"}]
     body = {"model": "echo", "messages": messages, "stream": True, "n": 2}
-    with httpx.stream("POST", f"{gateway}/v1/chat/completions", json=body, timeout=30) as response:
+    with httpx.stream("POST", f"{echo_gateway}/v1/chat/completions", json=body, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = response.read().decode()
@@ -150,9 +123,9 @@ def test_raw_sse_framing_with_two_choices(gateway: str) -> None:
         assert [c["finish_reason"] for c in mine][-1] == "stop"
 
 
-def test_fastchat_route_with_a_plain_string(gateway: str) -> None:
+def test_fastchat_route_with_a_plain_string(echo_gateway: str) -> None:
     response = httpx.post(
-        f"{gateway}/api/v1/chat/completions",
+        f"{echo_gateway}/api/v1/chat/completions",
         json={
             "model": "echo",
             "messages": "fastchat says hi",
@@ -167,7 +140,7 @@ def test_fastchat_route_with_a_plain_string(gateway: str) -> None:
 
 
 def test_model_error_is_a_400_and_the_server_stays_healthy(
-    oai: openai.OpenAI, gateway: str
+    oai: openai.OpenAI, echo_gateway: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         oai.chat.completions.create(
@@ -184,7 +157,7 @@ def test_model_error_is_a_400_and_the_server_stays_healthy(
     with pytest.raises(openai.BadRequestError):
         list(oai.completions.create(model="echo", prompt="FAIL", stream=True))
 
-    assert httpx.get(f"{gateway}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{echo_gateway}/health", timeout=5).status_code == 200
     again = oai.completions.create(model="echo", prompt="still alive")
     assert again.choices[0].text == "still alive"
 
@@ -196,36 +169,36 @@ def test_unknown_model_is_404(oai: openai.OpenAI) -> None:
 
 
 def test_streaming_client_disconnect_cancels_the_triton_request(
-    gateway: str, triton: TritonProcess, oai: openai.OpenAI
+    echo_gateway: str, echo_triton: TritonProcess, oai: openai.OpenAI
 ) -> None:
-    before = cancelled_count(triton)
+    before = cancelled_count(echo_triton)
     messages = [{"role": "user", "content": "SLOW " + "word " * 400}]
     body = {"model": "echo", "messages": messages, "stream": True}
 
-    with httpx.stream("POST", f"{gateway}/v1/chat/completions", json=body, timeout=30) as response:
+    with httpx.stream("POST", f"{echo_gateway}/v1/chat/completions", json=body, timeout=30) as response:
         lines = response.iter_lines()
         first_events = [line for line in (next(lines) for _ in range(6)) if line]
     assert len(first_events) == 3  # role chunk and two words, then we hang up
 
-    wait_until(lambda: cancelled_count(triton) > before, "the echo model to see the cancellation")
+    wait_until(lambda: cancelled_count(echo_triton) > before, "the echo model to see the cancellation")
     after = oai.completions.create(model="echo", prompt="next request")
     assert after.choices[0].text == "next request"
 
 
 def test_non_streaming_client_disconnect_cancels_the_triton_request(
-    gateway: str, triton: TritonProcess
+    echo_gateway: str, echo_triton: TritonProcess
 ) -> None:
-    before = cancelled_count(triton)
+    before = cancelled_count(echo_triton)
     body = {"model": "echo", "prompt": "SLOW " + "word " * 400}
 
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gateway}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+        httpx.post(f"{echo_gateway}/v1/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
 
-    wait_until(lambda: cancelled_count(triton) > before, "the echo model to see the cancellation")
+    wait_until(lambda: cancelled_count(echo_triton) > before, "the echo model to see the cancellation")
 
 
-def test_api_keys(triton: TritonProcess, start_gateway: Callable[..., str]) -> None:
-    base = start_gateway([triton.grpc_url], api_keys=["secret"])
+def test_api_keys(echo_triton: TritonProcess, start_gateway: Callable[..., str]) -> None:
+    base = start_gateway([echo_triton.grpc_url], api_keys=["secret"])
 
     assert httpx.get(f"{base}/health", timeout=5).status_code == 200
     denied = httpx.get(f"{base}/v1/models", timeout=5)

@@ -11,39 +11,22 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.polling import wait_until
+from tests.integration.servers import TritonProcess
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-ECHO_MODEL = ROOT / "tests" / "model_repository" / "echo"
 LOCUST = Path(sys.executable).parent / "locust"
 CHAT = "/v1/chat/completions"
 DEADLINE_S = 30.0
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
-    repository = tmp_path_factory.mktemp("echo_repository")
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    with launch_triton(repository) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def gateway(triton: TritonProcess) -> Iterator[str]:
-    with launch_gateway([triton.grpc_url]) as base_url:
-        yield base_url
 
 
 def metric(url: str, name: str, **labels: str) -> float:
@@ -59,14 +42,6 @@ def metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
-def wait_until(condition: Callable[[], bool], what: str, alive: subprocess.Popen[str] | None = None) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline or (alive is not None and alive.poll() is not None):
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)  # polling interval
-
-
 def locust_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LOCUST_SKIP_MONKEY_PATCH", None)
@@ -79,8 +54,8 @@ def stats_rows(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_locustfile_runs_both_users_with_ttft_and_tokens_and_the_metrics_move(
-        triton: TritonProcess, gateway: str, tmp_path: Path) -> None:
-    triton_metrics, gateway_metrics = triton.metrics_url, f"{gateway}/metrics"
+        echo_triton: TritonProcess, echo_gateway: str, tmp_path: Path) -> None:
+    triton_metrics, gateway_metrics = echo_triton.metrics_url, f"{echo_gateway}/metrics"
     success_before = metric(triton_metrics, "nv_inference_request_success", model="echo")
     chat_before = metric(gateway_metrics, "tritonchat_gateway_requests_total", route=CHAT, status="200")
     lists_before = metric(gateway_metrics, "tritonchat_gateway_requests_total", route="/v1/models")
@@ -88,13 +63,13 @@ def test_locustfile_runs_both_users_with_ttft_and_tokens_and_the_metrics_move(
 
     locust = subprocess.Popen(
         [str(LOCUST), "-f", str(ROOT / "loadtest" / "chat.py"), "--headless", "-u", "4", "-r", "4", "-t", "3s",
-         "--host", gateway, "--triton-grpc", triton.grpc_url, "--csv", str(prefix), "--only-summary",
+         "--host", echo_gateway, "--triton-grpc", echo_triton.grpc_url, "--csv", str(prefix), "--only-summary",
          "--stop-timeout", "10"],
         cwd=tmp_path, env=locust_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Under load the gateway shows streams in flight and Triton's echo model counts requests.
         wait_until(lambda: metric(gateway_metrics, "tritonchat_gateway_in_flight_streams", route=CHAT) > 0,
-                   "an SSE stream in flight", locust)
+                   "an SSE stream in flight", DEADLINE_S, alive=locust)
         output, _ = locust.communicate(timeout=60)
     finally:
         if locust.poll() is None:
@@ -118,7 +93,7 @@ def test_locustfile_runs_both_users_with_ttft_and_tokens_and_the_metrics_move(
     ok_requests = sum(int(rows[(t, r)]["Request Count"]) for t, r in (("POST", CHAT), ("gRPC", "ModelStreamInfer")))
     ok_chats = int(rows[("POST", CHAT)]["Request Count"])
     wait_until(lambda: metric(gateway_metrics, "tritonchat_gateway_in_flight_streams", route=CHAT) == 0,
-               "the gateway's streams to drain")
+               "the gateway's streams to drain", DEADLINE_S)
     assert metric(triton_metrics, "nv_inference_request_success", model="echo") - success_before >= ok_requests
     assert metric(gateway_metrics, "tritonchat_gateway_requests_total", route=CHAT, status="200") - chat_before \
         >= ok_chats

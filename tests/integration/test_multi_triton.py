@@ -20,13 +20,14 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 from tests.unit.test_docker_files import TRITON_SERIES
 
@@ -44,16 +45,6 @@ MAX_LOAD_REQUESTS = 3000
 """Bound on the steady load, whatever happens."""
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float) -> float:
-    """Poll until `condition` holds; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.05)  # polling interval
-    return time.monotonic() - start
-
-
 def metric(url: str, name: str, labels: dict[str, str]) -> float | None:
     """One sample from a Prometheus text page, or None when absent."""
     text = httpx.get(url, timeout=5).text
@@ -67,24 +58,11 @@ def metric(url: str, name: str, labels: dict[str, str]) -> float | None:
     return None
 
 
-def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (Linux), e.g. Triton's Python backend stubs."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def kill_server(triton: TritonProcess) -> None:
-    """SIGKILL, as a crashed machine would; its backend stubs (which would outlive it as
-    orphans) go with it."""
-    stubs = children(triton.process.pid)
-    triton.process.kill()
+    """SIGKILL, as a crashed machine would, to the server and its backend stubs at once
+    (launch_triton starts it as the leader of its own process group)."""
+    os.killpg(triton.process.pid, signal.SIGKILL)
     triton.process.wait(timeout=10)
-    for pid in stubs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def served(triton: TritonProcess) -> float:

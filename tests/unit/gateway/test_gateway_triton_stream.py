@@ -196,7 +196,7 @@ async def with_server(test: Callable[[TritonLLMClient, FakeTriton], Awaitable[No
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(fake, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = TritonLLMClient([f"127.0.0.1:{port}"], request_timeout_s=TIMEOUT_S)
+    client = TritonLLMClient(f"127.0.0.1:{port}", request_timeout_s=TIMEOUT_S)
     try:
         await asyncio.wait_for(test(client, fake), TIMEOUT_S)
     finally:
@@ -282,7 +282,7 @@ def test_closing_the_iterator_cancels_the_grpc_stream() -> None:
 
 def test_unreachable_triton_is_503_and_not_ready() -> None:
     async def test() -> None:
-        client = TritonLLMClient(["127.0.0.1:1"], request_timeout_s=2.0, control_timeout_s=2.0)
+        client = TritonLLMClient("127.0.0.1:1", request_timeout_s=2.0, control_timeout_s=2.0)
         try:
             assert not await client.is_ready()
             with pytest.raises(UpstreamError) as caught:
