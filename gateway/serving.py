@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
+from pydantic import BaseModel
 
+from gateway import sse
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams
@@ -116,6 +118,25 @@ def error_event(exc: Exception, request_id: str) -> dict[str, object]:
         return exc.to_dict()
     logger.exception("request %s failed mid-stream", request_id, exc_info=exc)
     return GatewayError(500, "internal error", "server_error").to_dict()
+
+
+async def sse_events(
+    chunks: AsyncGenerator[BaseModel, None],
+    request_id: str,
+    generation: AsyncGenerator[ChoiceDelta, None],
+) -> AsyncIterator[str]:
+    """`chunks` (made from `generation`) as SSE events, then `[DONE]`. A failure after the 200
+    becomes one error event; both are closed in any case, which cancels what is still
+    running upstream when the client went away."""
+    try:
+        async for chunk in chunks:
+            yield sse.event(chunk)
+    except Exception as exc:  # after the 200: report in-band, then end the stream
+        yield sse.event(error_event(exc, request_id))
+    finally:
+        await chunks.aclose()
+        await generation.aclose()
+    yield sse.DONE
 
 
 def usage_info(usage: UsageCounter) -> UsageInfo:

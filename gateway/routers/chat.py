@@ -9,7 +9,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway import sse
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
 from gateway.llm_client import GenerationInput, TokenLogprob
@@ -27,7 +26,6 @@ from gateway.protocol import (
     TopLogprobEntry,
 )
 from gateway.serving import (
-    error_event,
     first_delta,
     for_choice,
     get_state,
@@ -35,6 +33,7 @@ from gateway.serving import (
     prepend,
     resolve_model,
     sampling_params,
+    sse_events,
     usage_info,
 )
 from gateway.streaming import race_disconnect, sse_response
@@ -123,7 +122,10 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     events = merge(choices)
     if body.stream:
         first = await first_delta(request, events)
-        return sse_response(_sse(body, request_id, prepend(first, events), usage))
+        generation = prepend(first, events)
+        return sse_response(
+            sse_events(_chunks(body, request_id, generation, usage), request_id, generation)
+        )
     result = await race_disconnect(request, _collect(body, request_id, events, usage))
     return JSONResponse(result.model_dump())
 
@@ -159,14 +161,14 @@ async def _collect(
     )
 
 
-async def _sse(
+async def _chunks(
     body: ChatCompletionRequest,
     request_id: str,
     events: AsyncGenerator[ChoiceDelta, None],
     usage: UsageCounter,
-) -> AsyncIterator[str]:
-    """Role chunk per choice, content chunks as they come, a finish chunk per choice,
-    the usage chunk when asked for, then `[DONE]`; a failure becomes one error event."""
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """Role chunk per choice, content chunks as they come, a finish chunk per choice, the
+    usage chunk when asked for."""
     created = int(time.time())
     top = _top_count(body)
 
@@ -175,41 +177,23 @@ async def _sse(
         delta: DeltaMessage,
         finish_reason: str | None = None,
         logprobs: ChatChoiceLogprobs | None = None,
-    ) -> str:
-        return sse.event(
-            ChatCompletionChunk(
-                id=request_id,
-                created=created,
-                model=body.model,
-                choices=[
-                    ChatChunkChoice(
-                        index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason
-                    )
-                ],
-            )
+    ) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(
+            index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason
+        )
+        return ChatCompletionChunk(
+            id=request_id, created=created, model=body.model, choices=[choice]
         )
 
-    try:
-        for i in range(body.n):
-            yield chunk(i, DeltaMessage(role="assistant", content=""))
-        async for delta in events:
-            if delta.text or (top is not None and delta.logprobs):
-                logprobs = None if top is None else chat_logprobs(delta.logprobs, top)
-                yield chunk(delta.index, DeltaMessage(content=delta.text), logprobs=logprobs)
-            if delta.finish_reason is not None:
-                yield chunk(delta.index, DeltaMessage(), delta.finish_reason)
-        if body.include_usage():
-            yield sse.event(
-                ChatCompletionChunk(
-                    id=request_id,
-                    created=created,
-                    model=body.model,
-                    choices=[],
-                    usage=usage_info(usage),
-                )
-            )
-    except Exception as exc:  # after the 200: report in-band, then end the stream
-        yield sse.event(error_event(exc, request_id))
-    finally:
-        await events.aclose()
-    yield sse.DONE
+    for i in range(body.n):
+        yield chunk(i, DeltaMessage(role="assistant", content=""))
+    async for delta in events:
+        if delta.text or (top is not None and delta.logprobs):
+            logprobs = None if top is None else chat_logprobs(delta.logprobs, top)
+            yield chunk(delta.index, DeltaMessage(content=delta.text), logprobs=logprobs)
+        if delta.finish_reason is not None:
+            yield chunk(delta.index, DeltaMessage(), delta.finish_reason)
+    if body.include_usage():
+        yield ChatCompletionChunk(
+            id=request_id, created=created, model=body.model, choices=[], usage=usage_info(usage)
+        )

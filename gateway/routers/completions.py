@@ -9,7 +9,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway import sse
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
 from gateway.llm_client import GenerationInput, TokenLogprob
@@ -21,7 +20,6 @@ from gateway.protocol import (
     CompletionResponse,
 )
 from gateway.serving import (
-    error_event,
     first_delta,
     for_choice,
     get_state,
@@ -29,6 +27,7 @@ from gateway.serving import (
     prepend,
     resolve_model,
     sampling_params,
+    sse_events,
     usage_info,
 )
 from gateway.streaming import race_disconnect, sse_response
@@ -80,7 +79,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     events = merge(choices)
     if body.stream:
         first = await first_delta(request, events)
-        return sse_response(_sse(body, request_id, prepend(first, events), usage))
+        generation = prepend(first, events)
+        return sse_response(
+            sse_events(_chunks(body, request_id, generation, usage), request_id, generation)
+        )
     result = await race_disconnect(request, _collect(body, request_id, events, usage))
     return JSONResponse(result.model_dump())
 
@@ -136,15 +138,14 @@ async def _collect(
     )
 
 
-async def _sse(
+async def _chunks(
     body: CompletionRequest,
     request_id: str,
     events: AsyncGenerator[ChoiceDelta, None],
     usage: UsageCounter,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[CompletionChunk, None]:
     """Echoed prompts first (when asked), text chunks as they come, a finish chunk per
-    choice, the usage chunk when asked for, then `[DONE]`; a failure becomes one error
-    event."""
+    choice, the usage chunk when asked for."""
     created = int(time.time())
     offsets = [0] * (len(body.prompts()) * body.n)  # where each choice's next token starts
 
@@ -153,45 +154,25 @@ async def _sse(
         text: str,
         finish_reason: str | None = None,
         logprobs: CompletionLogprobs | None = None,
-    ) -> str:
-        return sse.event(
-            CompletionChunk(
-                id=request_id,
-                created=created,
-                model=body.model,
-                choices=[
-                    CompletionChoice(
-                        index=index, text=text, logprobs=logprobs, finish_reason=finish_reason
-                    )
-                ],
-            )
+    ) -> CompletionChunk:
+        choice = CompletionChoice(
+            index=index, text=text, logprobs=logprobs, finish_reason=finish_reason
         )
+        return CompletionChunk(id=request_id, created=created, model=body.model, choices=[choice])
 
-    try:
-        if body.echo:
-            for i in range(len(body.prompts()) * body.n):
-                yield chunk(i, _echo_text(body, i))
-        async for delta in events:
-            if body.logprobs is not None and delta.logprobs:
-                logprobs = completion_logprobs(delta.logprobs, body.logprobs, offsets[delta.index])
-                offsets[delta.index] += sum(len(t.token) for t in delta.logprobs)
-                yield chunk(delta.index, delta.text, logprobs=logprobs)
-            elif delta.text:
-                yield chunk(delta.index, delta.text)
-            if delta.finish_reason is not None:
-                yield chunk(delta.index, "", delta.finish_reason)
-        if body.include_usage():
-            yield sse.event(
-                CompletionChunk(
-                    id=request_id,
-                    created=created,
-                    model=body.model,
-                    choices=[],
-                    usage=usage_info(usage),
-                )
-            )
-    except Exception as exc:  # after the 200: report in-band, then end the stream
-        yield sse.event(error_event(exc, request_id))
-    finally:
-        await events.aclose()
-    yield sse.DONE
+    if body.echo:
+        for i in range(len(body.prompts()) * body.n):
+            yield chunk(i, _echo_text(body, i))
+    async for delta in events:
+        if body.logprobs is not None and delta.logprobs:
+            logprobs = completion_logprobs(delta.logprobs, body.logprobs, offsets[delta.index])
+            offsets[delta.index] += sum(len(t.token) for t in delta.logprobs)
+            yield chunk(delta.index, delta.text, logprobs=logprobs)
+        elif delta.text:
+            yield chunk(delta.index, delta.text)
+        if delta.finish_reason is not None:
+            yield chunk(delta.index, "", delta.finish_reason)
+    if body.include_usage():
+        yield CompletionChunk(
+            id=request_id, created=created, model=body.model, choices=[], usage=usage_info(usage)
+        )
