@@ -84,33 +84,19 @@ class KVBatch:
         return KVBatch(kv=kv, attention_mask=mask[:, first:], positions=self.positions.index_select(0, index))
 
     @staticmethod
-    def concatenate(batches: list[KVBatch], max_capacity: int | None = None) -> KVBatch:
-        """One batch holding every row of `batches`, in order.
-
-        Each batch's cache is copied once, into buffers that already have GROW_TOKENS free
-        columns (at most up to `max_capacity`, the KV budget per row), so the next decode
-        steps write in place instead of copying everything again.
-        """
+    def concatenate(batches: list[KVBatch]) -> KVBatch:
+        """One batch holding every row of `batches`, in order."""
         if len(batches) == 1:
             return batches[0]
         length = max(b.length for b in batches)
-        rows = sum(b.size for b in batches)
-        capacity = length + GROW_TOKENS if max_capacity is None else max(length, min(length + GROW_TOKENS,
-                                                                                   max_capacity))
-        kv: KV = []
-        for keys, values in batches[0].kv:
-            shape = (rows, keys.shape[1], capacity, keys.shape[3])
-            kv.append((keys.new_empty(shape), values.new_empty(shape)))
-        start = 0
+        masks, layers = [], []
         for b in batches:
-            pad, end = length - b.length, start + b.size
-            for (out_k, out_v), (k, v) in zip(kv, b.kv):
-                out_k[start:end, :, :pad] = 0  # masked out, but must not be NaN garbage
-                out_v[start:end, :, :pad] = 0
-                out_k[start:end, :, pad:length] = k[:, :, :b.length]
-                out_v[start:end, :, pad:length] = v[:, :, :b.length]
-            start = end
-        masks = [torch.nn.functional.pad(b.attention_mask, (length - b.length, 0)) for b in batches]
+            pad = length - b.length
+            masks.append(torch.nn.functional.pad(b.attention_mask, (pad, 0)))
+            layers.append([(torch.nn.functional.pad(k[:, :, :b.length], (0, 0, pad, 0)),
+                            torch.nn.functional.pad(v[:, :, :b.length], (0, 0, pad, 0))) for k, v in b.kv])
+        kv = [(torch.cat([ls[i][0] for ls in layers]), torch.cat([ls[i][1] for ls in layers]))
+              for i in range(len(batches[0].kv))]
         return KVBatch(kv=kv, attention_mask=torch.cat(masks), positions=torch.cat([b.positions for b in batches]))
 
 

@@ -288,10 +288,7 @@ class LLMEngine:
             batch, logits = self._prefill_group(group, [prompts[i] for i in group.indices])
             self.stats.prefills += 1
             members = [seqs[i] for i in group.indices]
-            if self._batch is not None:
-                rows = self._batch.size + batch.size
-                batch = KVBatch.concatenate([self._batch, batch], self.config.kv_cache_tokens // rows)
-            self._batch = batch
+            self._batch = batch if self._batch is None else KVBatch.concatenate([self._batch, batch])
             self._running.extend(members)
             self._update_stats()
             self._sample_and_emit(members, logits, offset=len(self._running) - len(members))

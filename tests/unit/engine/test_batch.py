@@ -148,22 +148,3 @@ def test_concatenate_pads_the_shorter_batch_on_the_left(tiny_model: torch.nn.Mod
     short = order.index(0)
     for keys, _ in merged.kv:
         assert torch.count_nonzero(keys[short, :, :5]) == 0, "the padding columns must be zeros"
-
-
-def test_concatenate_leaves_room_so_the_next_decodes_write_in_place(tiny_model: torch.nn.Module) -> None:
-    running, _ = prefill(tiny_model, PROMPTS[:2])
-    newcomer, _ = prefill(tiny_model, [PROMPTS[2]])
-
-    merged = KVBatch.concatenate([running, newcomer])
-    buffers = [keys.data_ptr() for keys, _ in merged.kv]
-    grown, _ = decode(tiny_model, merged, [1, 2, 3])
-
-    assert merged.capacity > merged.length
-    assert [keys.data_ptr() for keys, _ in grown.kv] == buffers, "no copy of the cache on the next step"
-
-
-def test_concatenate_room_stays_within_the_capacity_per_row(tiny_model: torch.nn.Module) -> None:
-    parts = [prefill(tiny_model, [PROMPTS[0]])[0], prefill(tiny_model, [PROMPTS[1]])[0]]  # 2 and 7 tokens
-
-    assert KVBatch.concatenate(parts, max_capacity=9).capacity == 9
-    assert KVBatch.concatenate(parts, max_capacity=3).capacity == 7  # never less than the rows need
