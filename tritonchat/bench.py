@@ -12,8 +12,8 @@ and the ratios (2)/(1) and (3)/(1); writes JSON, markdown and a plot.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import shutil
 import statistics
@@ -133,13 +133,13 @@ def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: 
                         done.set()
         return sink
 
-    params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    sampling = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     stepping = torch_thread.submit(engine.run)
     start = time.perf_counter()
     for i, messages in enumerate(chat_messages(concurrency)):
         rid = f"bench-{i}"
         times[rid] = []
-        engine.add_request(GenerationRequest(rid, messages=tuple(messages), sampling=params), sink_for(rid))
+        engine.add_request(GenerationRequest(rid, messages=tuple(messages), sampling=sampling), sink_for(rid))
     done.wait()
     seconds = time.perf_counter() - start
     engine.stop()
