@@ -1,0 +1,28 @@
+"""Shared by the probes: where the repository is, and the default model loaded as the backend does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "smollm2-135m-instruct"
+sys.path.insert(0, str(ROOT / "backends" / "chatllm"))
+
+
+def load_default_model() -> tuple[Any, Any]:
+    from chatllm_engine.config import EngineConfig
+    from chatllm_engine.loader import load_model
+    from tritonchat.bench import model_parameters
+
+    params = model_parameters(ROOT / "model_repository" / MODEL / "config.pbtxt")
+    return load_model(EngineConfig.from_parameters(params))
+
+
+def chat_prompts(tokenizer: Any, count: int) -> list[list[int]]:
+    """The benchmark's chat prompts as token ids."""
+    from tritonchat.bench import chat_messages
+
+    return [tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False).input_ids for m in chat_messages(count)]
