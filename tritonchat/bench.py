@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import json
 import shutil
@@ -285,6 +286,15 @@ def _plot(results: list[Result], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _as_backend_loads(plain_model: Any, config: Any) -> Any:
+    """A copy of `plain_model` with what `load_model` adds for `config` (packed CPU weights)."""
+    from chatllm_engine.loader import pack_cpu_weights
+
+    model = copy.deepcopy(plain_model)
+    pack_cpu_weights(model, config)
+    return model
+
+
 def main(args: argparse.Namespace) -> int:
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.loader import load_model
@@ -297,15 +307,19 @@ def main(args: argparse.Namespace) -> int:
     # Every forward pass (ceiling and engine) runs on this one thread, as in the backend,
     # where the engine thread owns the model (see chatllm_engine/engine_thread.py).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
-        model, tokenizer = torch_thread.submit(load_model, EngineConfig.from_parameters(params)).result()
+        config = EngineConfig.from_parameters(params)
+        # The ceiling is plain transformers; the engine gets the model as the backend loads it.
+        model, tokenizer = torch_thread.submit(
+            load_model, dataclasses.replace(config, pack_cpu_weights=False)).result()
+        engine_model = torch_thread.submit(_as_backend_loads, model, config).result()
         torch_thread.submit(run_ceiling, model, tokenizer, 2, 4).result()  # warm-up: allocations, kernels
-        run_engine(model, tokenizer, params, 2, 4, torch_thread)
+        run_engine(engine_model, tokenizer, params, 2, 4, torch_thread)
         for c in args.concurrency:
             for result in (torch_thread.submit(run_ceiling, model, tokenizer, c, args.new_tokens).result(),
-                           run_engine(model, tokenizer, params, c, args.new_tokens, torch_thread)):
+                           run_engine(engine_model, tokenizer, params, c, args.new_tokens, torch_thread)):
                 results.append(result)
                 print(json.dumps(result.summary()), flush=True)
-        del model
+        del model, engine_model
     if not args.skip_e2e:
         for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads):
             results.append(result)

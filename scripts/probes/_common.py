@@ -11,13 +11,16 @@ MODEL = "smollm2-135m-instruct"
 sys.path.insert(0, str(ROOT / "backends" / "chatllm"))
 
 
-def load_default_model() -> tuple[Any, Any]:
+def load_default_model(**overrides: Any) -> tuple[Any, Any]:
+    """The model as the backend loads it; `overrides` replace EngineConfig fields."""
+    import dataclasses
+
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.loader import load_model
     from tritonchat.bench import model_parameters
 
     params = model_parameters(ROOT / "model_repository" / MODEL / "config.pbtxt")
-    return load_model(EngineConfig.from_parameters(params))
+    return load_model(dataclasses.replace(EngineConfig.from_parameters(params), **overrides))
 
 
 def chat_prompts(tokenizer: Any, count: int) -> list[list[int]]:

@@ -45,6 +45,7 @@ class EngineConfig:
     stream_interval: int = 1
     chat_template: str = ""
     cpu_threads: int = 0  # 0: leave torch's default
+    pack_cpu_weights: bool = True  # fp32 linears on CPU read oneDNN-reordered weights (packed_linear.py)
     trust_remote_code: bool = False
     seed: int = 0
     served_model_names: tuple[str, ...] = ()
@@ -104,6 +105,7 @@ class EngineConfig:
             stream_interval=get("stream_interval", int, 1, lambda v: v >= 1, ">= 1"),
             chat_template=raw.get("chat_template", ""),
             cpu_threads=get("cpu_threads", int, 0, lambda v: v >= 0, ">= 0"),
+            pack_cpu_weights=get("pack_cpu_weights", _parse_bool, True),
             trust_remote_code=get("trust_remote_code", _parse_bool, False),
             seed=get("seed", int, 0),
             served_model_names=tuple(

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import EngineConfig
 from .errors import EngineError
+from .packed_linear import pack_linear_layers
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,19 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
+def pack_cpu_weights(model: PreTrainedModel, config: EngineConfig) -> int:
+    """On CPU, give fp32 linear layers oneDNN-reordered weights, unless `pack_cpu_weights`
+    is off; returns how many layers changed."""
+    if not (config.pack_cpu_weights and config.device == "cpu"):
+        return 0
+    packed = pack_linear_layers(model)
+    logger.info("reordered the weights of %d fp32 linear layers for oneDNN", packed)
+    return packed
+
+
 def load_model(config: EngineConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights on the instance's device (or split over `num_gpus` GPUs)."""
+    """Load weights on the instance's device (or split over `num_gpus` GPUs); on CPU, fp32
+    linear layers get oneDNN-reordered weights unless `pack_cpu_weights` is off."""
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     path = resolve_model_path(config.model_path)
@@ -62,6 +74,7 @@ def load_model(config: EngineConfig) -> tuple[PreTrainedModel, PreTrainedTokeniz
     if "device_map" not in kwargs:
         model.to(config.device)  # type: ignore[arg-type]
     model.eval()  # type: ignore[no-untyped-call]
+    pack_cpu_weights(model, config)
     if config.chat_template:
         tokenizer.chat_template = config.chat_template
     logger.info("loaded %s (%s) on %s", path, dtype, config.device)
