@@ -136,11 +136,14 @@ def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: 
 
     sampling = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     stepping = torch_thread.submit(engine.run)
+    requests = [GenerationRequest(f"bench-{i}", messages=tuple(m), sampling=sampling)
+                for i, m in enumerate(chat_messages(concurrency))]
+    times.update({r.request_id: [] for r in requests})
     start = time.perf_counter()
-    for i, messages in enumerate(chat_messages(concurrency)):
-        rid = f"bench-{i}"
-        times[rid] = []
-        engine.add_request(GenerationRequest(rid, messages=tuple(messages), sampling=sampling), sink_for(rid))
+    # In one call, as the backend queues the requests of one execute(): one step sees them all.
+    for outcome in engine.add_requests([(r, sink_for(r.request_id)) for r in requests]):
+        if isinstance(outcome, Exception):
+            raise outcome
     done.wait()
     seconds = time.perf_counter() - start
     engine.stop()

@@ -14,6 +14,9 @@ them against `F.linear` once and leaves the model untouched if they are missing 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 
 import torch
@@ -70,10 +73,25 @@ def pack_linear_layers(model: nn.Module) -> int:
     Tied weights stay usable: a replaced `lm_head` keeps its own reordered copy while the
     input embedding keeps the original. Does nothing (returns 0) when oneDNN is unusable.
     """
-    found = [(parent, name, child) for parent in model.modules()
-             for name, child in parent.named_children() if _packable(child)]
-    if not found or not torch.backends.mkldnn.is_available() or not _agrees(found[0][2]):
+    places = [(parent, name) for parent in model.modules()
+              for name, child in parent.named_children() if _packable(child)]
+    if not places or not torch.backends.mkldnn.is_available() or not _agrees(getattr(*places[0])):
         return 0
-    for parent, name, child in found:
-        setattr(parent, name, PackedLinear(child))
-    return len(found)
+    for parent, name in places:  # one at a time, so each plain weight is freed before the next
+        setattr(parent, name, PackedLinear(getattr(parent, name)))
+    _return_freed_memory()
+    return len(places)
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed plain weights back to the OS. glibc keeps freed heap memory for reuse,
+    so without this the process's resident size kept both copies (SmolLM2: 1457 MiB instead
+    of 1041 after packing, against 943 before)."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    try:
+        ctypes.CDLL(libc_name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
