@@ -1,7 +1,8 @@
 """nn.Linear (MKL) against oneDNN-reordered weights (chatllm_engine/packed_linear.py) on the
 default model: prefill passes after the cached system prompt, decode steps at batch 1, 16
-and 64, and whether 24 greedy steps of 4 prompts give the same tokens. The two variants
-alternate, three rounds, so that the machine's noise hits both.
+and 64, whether 24 greedy steps of 4 prompts give the same tokens, and the benchmark's
+static-batch ceiling (`model.generate`, C=16, 64 tokens) on either. The two variants
+alternate, so that the machine's noise hits both.
 
     python scripts/probes/packed_linear.py
 """
@@ -60,3 +61,11 @@ for round_ in range(3):
     print(f"round {round_ + 1}: " + ", ".join(
         f"{k} {a[k]:.0f} -> {b[k]:.0f} ms ({a[k] / b[k]:.2f}x)" for k in a), flush=True)
 print("same greedy tokens:", greedy_tokens(plain) == greedy_tokens(packed))
+
+from tritonchat.bench import run_ceiling  # noqa: E402 - after the model is loaded
+
+run_ceiling(plain, tokenizer, 2, 4), run_ceiling(packed, tokenizer, 2, 4)  # warm-up
+for round_ in range(2):
+    a, b = run_ceiling(plain, tokenizer, 16, 64), run_ceiling(packed, tokenizer, 16, 64)
+    print(f"ceiling C=16 round {round_ + 1}: model.generate {a.tokens_per_s:.0f} tok/s on nn.Linear, "
+          f"{b.tokens_per_s:.0f} on packed weights ({b.tokens_per_s / a.tokens_per_s:.2f}x)", flush=True)
