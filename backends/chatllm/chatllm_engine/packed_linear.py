@@ -3,8 +3,8 @@
 Why: `nn.Linear` on CPU calls MKL's sgemm, which reads the weight in its plain row-major
 layout on every call. oneDNN (bundled with torch, and what `torch.compile` uses for CPU
 linears after freezing) can reorder a weight once into the blocked layout its kernels
-stream from. On the 2-core development machine that made SmolLM2-135M's decode step ~30%
-faster at batch 1 and 16 and its prefill ~20% faster, with the same greedy tokens
+stream from. On the 2-core development machine SmolLM2-135M's decode steps at batch 1 and
+16 ran 1.3-1.4x as fast and its prefill 1.2x, with the same greedy tokens
 (`python scripts/probes/packed_linear.py`). Decoding is mostly reading weights, so the
 gain is largest where the batch is small.
 
