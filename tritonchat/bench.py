@@ -47,6 +47,11 @@ USER_REQUESTS = [
 ]
 
 
+# Warm-up requests: the chat template's system prompt, but none of the benchmark's own
+# prompts, reaches the prefix cache before the measurements.
+WARMUP_MESSAGES = [[{"role": "user", "content": "Hello."}], [{"role": "user", "content": "Hi there!"}]]
+
+
 @dataclass
 class Result:
     mode: str
@@ -108,8 +113,8 @@ def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -
 
 def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: int, new_tokens: int,
                torch_thread: Executor) -> Result:
-    """C requests submitted at once to a fresh engine (the model's config.pbtxt parameters)
-    stepping on `torch_thread`."""
+    """C requests submitted at once to a fresh engine (the model's config.pbtxt parameters,
+    warmed with one request) stepping on `torch_thread`."""
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.engine import LLMEngine
     from chatllm_engine.types import GenerationRequest, SamplingParams
@@ -136,6 +141,13 @@ def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: 
 
     sampling = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     stepping = torch_thread.submit(engine.run)
+    # A serving engine has answered requests before: one short request first puts the chat
+    # template's system prompt in the prefix cache, as the e2e server's warm-up does.
+    warmed = threading.Event()
+    engine.add_request(GenerationRequest("bench-warmup", messages=tuple(WARMUP_MESSAGES[0]),
+                                         sampling=SamplingParams(temperature=0.0, max_tokens=1)),
+                       lambda event: warmed.set() if getattr(event, "finished", True) else None)
+    warmed.wait()
     requests = [GenerationRequest(f"bench-{i}", messages=tuple(m), sampling=sampling)
                 for i, m in enumerate(chat_messages(concurrency))]
     times.update({r.request_id: [] for r in requests})
@@ -175,14 +187,16 @@ async def _stream_one(client: Any, url: str, model: str, messages: list[dict[str
     return [start, *stamps], tokens
 
 
-async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int) -> Result:
+async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int,
+                       messages: list[list[dict[str, str]]] | None = None) -> Result:
+    """`concurrency` streaming clients at once (the benchmark's prompts unless `messages`)."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
         outcomes = await asyncio.gather(*(_stream_one(client, url, model, m, new_tokens, start)
-                                          for m in chat_messages(concurrency)))
+                                          for m in messages or chat_messages(concurrency)))
         seconds = time.perf_counter() - start
     result = Result("e2e", concurrency, sum(t for _, t in outcomes), seconds)
     for stamps, tokens in outcomes:
@@ -223,7 +237,7 @@ def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: 
                 f'{{ key: "cpu_threads", value: {{ string_value: "{cpu_threads}" }} }}'))
         with launch_triton(repo) as triton, launch_gateway([triton.grpc_url]) as gateway:
             if warmup:
-                asyncio.run(_run_clients(gateway, model, 2, 4))
+                asyncio.run(_run_clients(gateway, model, 2, 4, WARMUP_MESSAGES))
             results = []
             for c in concurrencies:
                 result = asyncio.run(_run_clients(gateway, model, c, new_tokens))

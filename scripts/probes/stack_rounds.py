@@ -64,7 +64,7 @@ def main() -> None:
         with launch_triton(repo, ["--log-verbose=1"] if args.verbose else None) as triton, \
                 launch_gateway([triton.grpc_url]) as gateway:
             print("tritonserver log:", triton.log_path)
-            asyncio.run(bench._run_clients(gateway, MODEL, 2, 4))  # warm-up, as the benchmark does
+            asyncio.run(bench._run_clients(gateway, MODEL, 2, 4, bench.WARMUP_MESSAGES))  # as the benchmark does
             for clients in args.clients:
                 before = scrape(triton.metrics_url)
                 result = asyncio.run(bench._run_clients(gateway, MODEL, clients, 64))
