@@ -111,18 +111,16 @@ def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -
     return Result("ceiling", concurrency, generated, seconds, peak_kv_mib=kv)
 
 
-def run_engine(model: Any, tokenizer: Any, params: dict[str, str], concurrency: int, new_tokens: int,
+def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_tokens: int,
                torch_thread: Executor) -> Result:
-    """C requests submitted at once to a fresh engine (the model's config.pbtxt parameters,
+    """C requests submitted at once to a fresh engine (`config`: the model's EngineConfig,
     warmed with one request) stepping on `torch_thread`."""
-    from chatllm_engine.config import EngineConfig
     from chatllm_engine.engine import LLMEngine
     from chatllm_engine.types import GenerationRequest, SamplingParams
 
     # Room for every request at once, whatever the model's own limits.
-    config = dataclasses.replace(EngineConfig.from_parameters(params), max_num_seqs=max(64, concurrency),
-                                 kv_cache_tokens=1 << 20)
-    engine = LLMEngine(model, tokenizer, config)
+    engine = LLMEngine(model, tokenizer, dataclasses.replace(config, max_num_seqs=max(64, concurrency),
+                                                             kv_cache_tokens=1 << 20))
     done = threading.Event()
     times: dict[str, list[tuple[float, int]]] = {}
     finished = 0
@@ -330,10 +328,10 @@ def main(args: argparse.Namespace) -> int:
             load_model, dataclasses.replace(config, pack_cpu_weights=False)).result()
         engine_model = torch_thread.submit(_as_backend_loads, model, config).result()
         torch_thread.submit(run_ceiling, model, tokenizer, 2, 4).result()  # warm-up: allocations, kernels
-        run_engine(engine_model, tokenizer, params, 2, 4, torch_thread)
+        run_engine(engine_model, tokenizer, config, 2, 4, torch_thread)
         for c in args.concurrency:
             for result in (torch_thread.submit(run_ceiling, model, tokenizer, c, args.new_tokens).result(),
-                           run_engine(engine_model, tokenizer, params, c, args.new_tokens, torch_thread)):
+                           run_engine(engine_model, tokenizer, config, c, args.new_tokens, torch_thread)):
                 results.append(result)
                 print(json.dumps(result.summary()), flush=True)
         del model, engine_model

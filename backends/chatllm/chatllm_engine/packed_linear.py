@@ -15,7 +15,6 @@ them against `F.linear` once and leaves the model untouched if they are missing 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 
@@ -88,10 +87,7 @@ def _return_freed_memory() -> None:
     so without this the process's resident size kept both copies (SmolLM2: 1457 MiB instead
     of 1041 after packing, against 943 before)."""
     gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
     try:
-        ctypes.CDLL(libc_name).malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # the C library already loaded in this process
     except (OSError, AttributeError):  # not glibc
         pass

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from chatllm_engine.config import EngineConfig
 from tests.unit.engine.conftest import build_model, build_tokenizer
 from tritonchat import bench
 
@@ -13,13 +14,13 @@ from tritonchat import bench
 def test_ceiling_and_engine_generate_exactly_the_asked_tokens_per_request() -> None:
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer))
-    params = {"model_path": "in-memory", "max_prefill_tokens": "40"}
+    config = EngineConfig.from_parameters({"model_path": "in-memory", "max_prefill_tokens": "40"})
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=1) as torch_thread:
             ceiling = torch_thread.submit(bench.run_ceiling, model, tokenizer, 5, 7).result()
-            engine = bench.run_engine(model, tokenizer, params, 5, 7, torch_thread)
+            engine = bench.run_engine(model, tokenizer, config, 5, 7, torch_thread)
     finally:
         torch.set_num_threads(previous)
 
