@@ -1,5 +1,5 @@
 """nn.Linear (MKL) against oneDNN-reordered weights (chatllm_engine/packed_linear.py) on the
-default model: prefill passes after the cached system prompt, decode steps at batch 1, 16
+default model: resident memory around packing, prefill passes after the cached system prompt, decode steps at batch 1, 16
 and 64, whether 24 greedy steps of 4 prompts give the same tokens, and the benchmark's
 static-batch ceiling (`model.generate`, C=16, 64 tokens) on either. The two variants
 alternate, so that the machine's noise hits both.
@@ -10,7 +10,9 @@ alternate, so that the machine's noise hits both.
 from __future__ import annotations
 
 import copy
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import chat_prompts, load_default_model
@@ -19,9 +21,15 @@ from chatllm_engine import batch as B
 from chatllm_engine.packed_linear import pack_linear_layers
 from chatllm_engine.prefix_cache import _common_prefix_length
 
+def resident_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 plain, tokenizer = load_default_model(pack_cpu_weights=False)
 packed = copy.deepcopy(plain)
+before = resident_mib()
 print("packed layers:", pack_linear_layers(packed))
+print(f"resident memory: {before:.0f} MiB with two plain copies, {resident_mib():.0f} MiB once one is packed")
 prompts = chat_prompts(tokenizer, 64)
 shared_len = min(_common_prefix_length(prompts[0], p) for p in prompts[1:])
 

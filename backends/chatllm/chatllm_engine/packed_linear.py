@@ -84,8 +84,8 @@ def pack_linear_layers(model: nn.Module) -> int:
 
 def _return_freed_memory() -> None:
     """Hand the freed plain weights back to the OS. glibc keeps freed heap memory for reuse,
-    so without this the process's resident size kept both copies (SmolLM2: 1457 MiB instead
-    of 1041 after packing, against 943 before)."""
+    so without this the process's resident size kept both copies; with it, packing SmolLM2
+    adds ~106 MiB, the tied lm_head's own copy (`python scripts/probes/packed_linear.py`)."""
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)  # the C library already loaded in this process
