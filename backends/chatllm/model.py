@@ -86,11 +86,53 @@ class OutputOptions:
     logprobs: bool = False
 
 
+class ResponseChannel:
+    """A request's response sender that cannot be used after its final response.
+
+    Triton frees a request's response factory once the FINAL flag was sent; touching the
+    sender after that (even `is_cancelled()`) reads freed memory and crashed tritonserver
+    under bursts. Every use of a sender goes through one of these: the check "already
+    final?" and the call into Triton happen under one lock, so no thread can interleave.
+    """
+
+    def __init__(self, sender: Any) -> None:
+        self._sender = sender
+        self._lock = threading.Lock()
+        self._final = False
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return self._final
+
+    def send(self, response: Any) -> bool:
+        """A non-final response; False (nothing sent) once the request is finished."""
+        with self._lock:
+            if self._final:
+                return False
+            self._sender.send(response)
+            return True
+
+    def finish(self, response: Any) -> bool:
+        """The final response; only the first call sends, later ones return False."""
+        with self._lock:
+            if self._final:
+                return False
+            self._final = True
+            self._sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return True
+
+    def is_cancelled(self) -> bool:
+        """Whether the client cancelled; a finished request is never asked again."""
+        with self._lock:
+            return not self._final and bool(self._sender.is_cancelled())
+
+
 @dataclass
 class InFlight:
     """A request between execute() and its final response; owned by the response thread."""
 
-    sender: Any
+    channel: ResponseChannel
     options: OutputOptions
     prompt: str
     text: list[str] = field(default_factory=list)  # non-streaming: accumulated output
@@ -205,49 +247,48 @@ class TritonPythonModel:
             logger.info("execute() got %d requests at once", len(requests))
         accepted: list[tuple[str, GenerationRequest]] = []
         for request in requests:
-            sender = request.get_response_sender()
+            channel = ResponseChannel(request.get_response_sender())
             request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
             try:
                 gen, options, prompt = self._parse(request, request_id)
                 if _scalar(request, "count_tokens_only"):
-                    self._count_tokens(sender, gen)
+                    self._count_tokens(channel, gen)
                     continue
             except Exception as exc:  # noqa: BLE001 - every request gets a final response
-                self._reject(sender, request_id, exc)
+                self._reject(channel, request_id, exc)
                 continue
             with self._lock:
-                self._inflight[request_id] = InFlight(sender=sender, options=options, prompt=prompt)
+                self._inflight[request_id] = InFlight(channel=channel, options=options, prompt=prompt)
             accepted.append((request_id, gen))
         results = self.engine.add_requests([(gen, self._sink(rid)) for rid, gen in accepted])
         for (request_id, _), result in zip(accepted, results):
             if isinstance(result, EngineError):
                 with self._lock:
-                    entry = self._inflight.pop(request_id)
-                self._reject(entry.sender, request_id, result)
+                    entry = self._inflight.pop(request_id, None)
+                if entry is not None:
+                    self._reject(entry.channel, request_id, result)
         return None
 
     def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:
         return lambda event: self._events.put((request_id, event))
 
-    def _reject(self, sender: Any, request_id: str, exc: Exception) -> None:
+    def _reject(self, channel: ResponseChannel, request_id: str, exc: Exception) -> None:
         if isinstance(exc, EngineError):
             logger.info("%s rejected: %s", request_id, exc)
             error = exc
         else:
             logger.exception("%s failed", request_id)
             error = EngineDead(f"internal error: {exc}")
-        sender.send(pb_utils.InferenceResponse(error=triton_error(error)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        channel.finish(pb_utils.InferenceResponse(error=triton_error(error)))
 
-    def _count_tokens(self, sender: Any, gen: GenerationRequest) -> None:
+    def _count_tokens(self, channel: ResponseChannel, gen: GenerationRequest) -> None:
         """Answer with the prompt's token count (`num_input_tokens`) without generating."""
         count = 0 if gen.prompt == "" else len(self.engine.tokenize(gen))
         tensors = [self._tensor("text_output", [b""], np.object_),
                    self._tensor("finish_reason", [b""], np.object_),
                    self._tensor("num_input_tokens", [count], np.uint32),
                    self._tensor("num_output_tokens", [0], np.uint32)]
-        sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
         prompt = _text(request, "text_input")
@@ -317,7 +358,7 @@ class TritonPythonModel:
             self._metrics.observe_ttft(time.monotonic() - entry.submitted)
         entry.output_tokens += event.num_output_tokens
         entry.input_tokens = event.num_input_tokens
-        if event.finish_reason is FinishReason.ABORT and entry.sender.is_cancelled():
+        if event.finish_reason is FinishReason.ABORT and entry.channel.is_cancelled():
             self._finish(request_id, pb_utils.InferenceResponse(error=triton_error(RequestCancelled("cancelled"))))
             return
         if entry.options.stream:
@@ -325,7 +366,7 @@ class TritonPythonModel:
             if event.finished:
                 self._finish(request_id, response)
             else:
-                entry.sender.send(response)
+                entry.channel.send(response)
             return
         entry.text.append(event.text)
         if event.logprobs:
@@ -340,13 +381,13 @@ class TritonPythonModel:
         with self._lock:
             entry = self._inflight.pop(request_id, None)
         if entry is not None:
-            entry.sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            entry.channel.finish(response)
 
     def _sweep_cancelled(self) -> None:
         with self._lock:
             entries = list(self._inflight.items())
         for request_id, entry in entries:
-            if entry.sender.is_cancelled():
+            if entry.channel.is_cancelled():
                 logger.info("%s cancelled by the client", request_id)
                 self.engine.abort(request_id)
                 self._finish(request_id, pb_utils.InferenceResponse(
