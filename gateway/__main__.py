@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 import uvicorn
@@ -59,6 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="accepted bearer key; repeat for several (default: no auth)",
     )
     parser.add_argument("--request-timeout-s", type=float, help="upper bound on one generation")
+    parser.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        metavar="N",
+        help="larger request bodies get 413 (default 4 MiB)",
+    )
+    parser.add_argument(
+        "--graceful-shutdown-s",
+        type=float,
+        help="on SIGTERM, time open requests and streams get to finish (default 30)",
+    )
     parser.add_argument("--model-list-ttl-s", type=float, help="cache time of the model list")
     parser.add_argument(
         "--log-level",
@@ -113,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(settings.triton_urls),
         "on" if settings.api_keys else "off",
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # SIGTERM (or SIGINT): uvicorn stops accepting, then waits for open requests and streams,
+    # cancelling what is left after the graceful timeout.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
+    )
     return 0
 
 

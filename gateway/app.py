@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.body_limit import BodySizeLimitMiddleware
 from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError
 from gateway.llm_client import LLMClient
 from gateway.metrics import METRICS_PATH, install_metrics
@@ -58,6 +59,7 @@ def create_app(
         registry=ModelRegistry(client, settings.model_list_ttl_s),
         created=int(time.time()),
     )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_keys=settings.api_keys, open_paths=OPEN_PATHS)
     install_metrics(app, registry)  # outermost: counts the 401s too
     _add_exception_handlers(app)

@@ -87,6 +87,17 @@ class AuthenticationError(GatewayError):
 class UpstreamError(GatewayError):
     """Triton (or the model) failed; built by `upstream_error`."""
 
+    @property
+    def overloaded(self) -> bool:
+        """The server is full (429): retry later or elsewhere; it is not down."""
+        return self.status_code == 429
+
+    @property
+    def server_side(self) -> bool:
+        """The server failed or went away (unreachable, shutting down, killed, cancelled by
+        Triton): the request itself is fine and may run again on another server."""
+        return self.status_code == 503
+
     def __init__(
         self,
         status_code: int,
@@ -124,10 +135,20 @@ def _code_from_status(grpc_status: str | None) -> str | None:
     return name or None
 
 
+OVERLOADED_MARKERS = ("exceeds maximum queue size", "at capacity")
+"""Full, not down: Triton's own queue-policy refusal and the chatllm engine's
+`EngineOverloaded` ("[UNAVAILABLE] the engine is at capacity ...")."""
+
+
+def is_overload_message(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in OVERLOADED_MARKERS)
+
+
 def _code_from_message(message: str, *, specific: bool) -> str | None:
     lowered = message.lower()
     if specific:
-        if "exceeds maximum queue size" in lowered:
+        if is_overload_message(lowered):
             return "RESOURCE_EXHAUSTED"
         if "unknown model" in lowered:
             return "NOT_FOUND"
@@ -155,6 +176,10 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
     """
     bracket_code, text = strip_code_prefix(_REQUEST_ID_PREFIX.sub("", message))
     status_code = _code_from_status(grpc_status)
+    if is_overload_message(text):
+        # Being full is not being down: a 429 the client may retry, never a reason to take
+        # the server out of routing (a 503 would be).
+        bracket_code = "RESOURCE_EXHAUSTED"
     code = (
         bracket_code
         or _code_from_message(text, specific=True)

@@ -24,6 +24,9 @@ class ModelCard:
     context_length: int | None
     kind: ModelKind = "generate"
     """What the model serves: text generation (chat, completions) or embeddings."""
+    capacity: int | None = None
+    """Requests one server takes for this model before it refuses (running + queued over
+    all its instances), when its config says; None: unknown, no limit applied."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class GenerationInput:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     """Forwarded to Triton as the request id, for correlating logs."""
+    replayable: bool = False
+    """Nobody has seen any of the output until the generation is complete (a non-streaming
+    answer): a server-side failure, even mid-generation, may run it again elsewhere."""
 
 
 @dataclass(frozen=True)

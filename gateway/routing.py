@@ -13,12 +13,19 @@ how many servers there are.
   gateway has outstanding there, plus the requests queued in Triton when its metrics are
   scraped); ties go to the endpoint picked least recently, so a steady stream of
   one-at-a-time requests alternates.
+- Capacity: being full is not being down. A model whose config says how many requests one
+  server takes (`ModelCard.capacity`) gets no more than that from this gateway per
+  endpoint; when every ready endpoint is full the request is refused at once (429 with
+  Retry-After) instead of queueing behind running work. A server that answers "at
+  capacity" itself (429) stays in routing; the request is tried on another one.
 - Failures: an endpoint that fails a request with "unavailable" (503: unreachable, shutting
-  down, overloaded) is taken out at once and probed right away; it is taken back when a
-  probe finds it ready. A generation that fails before its first chunk was yielded is
-  retried on another endpoint (503, 429 and an unknown model are retried; a refused request
-  is not). After the first chunk it cannot be retried: the error reaches the client as an
-  error event after the text already sent.
+  down, killed) is taken out at once and probed right away; it is taken back when a probe
+  finds it ready. A generation that fails before its first chunk was yielded is retried on
+  another endpoint (503, 429 and an unknown model are retried; a refused request is not).
+  A non-streaming generation (`GenerationInput.replayable`) is held until complete, so a
+  server-side failure (503) even mid-generation runs it again elsewhere. A stream cannot be
+  retried after its first chunk: the error reaches the client as an error event after the
+  text already sent.
 - Never a hang: an endpoint that stays unreachable for `dead_after_s` has its client
   replaced, which closes its gRPC channels and so ends its in-flight streams with an error.
   An unreachable endpoint with nothing in flight gets a fresh client on every probe, so a
@@ -163,6 +170,9 @@ class Endpoint:
         self.queued: dict[str, float] = {}
         self.outstanding = 0
         """Requests this gateway has running there."""
+        self.outstanding_by_model: dict[str, int] = {}
+        self.capacity: dict[str, int] = {}
+        """Triton model -> requests it takes before refusing (only where known)."""
         self.last_pick = 0
         self.unreachable_since: float | None = None
         self.retiring = False
@@ -173,15 +183,44 @@ class Endpoint:
     def load(self, model: str) -> float:
         return self.outstanding + self.queued.get(model, 0.0)
 
+    def has_room(self, model: str) -> bool:
+        limit = self.capacity.get(model)
+        return limit is None or self.outstanding_by_model.get(model, 0) < limit
+
+    def acquire(self, model: str) -> None:
+        self.outstanding += 1
+        self.outstanding_by_model[model] = self.outstanding_by_model.get(model, 0) + 1
+
+    def release(self, model: str) -> None:
+        self.outstanding -= 1
+        left = self.outstanding_by_model.get(model, 1) - 1
+        if left > 0:
+            self.outstanding_by_model[model] = left
+        else:
+            self.outstanding_by_model.pop(model, None)
+
     def set_cards(self, cards: Sequence[ModelCard], now: float) -> None:
         self.cards = tuple(cards)
         self.models = frozenset(card.triton_model for card in cards)
+        self.capacity = {
+            card.triton_model: card.capacity for card in cards if card.capacity is not None
+        }
         self.models_fetched_at = now
 
 
 def _retryable(error: UpstreamError) -> bool:
     """Worth another endpoint: unavailable, overloaded, or the model is not there."""
     return error.status_code in (429, 503) or error.code == "model_not_found"
+
+
+def _full_error(model: str) -> UpstreamError:
+    return UpstreamError(
+        429,
+        f"every server of model `{model}` is at capacity; retry later",
+        "rate_limit_error",
+        code="rate_limit_exceeded",
+        retry_after_s=RETRY_AFTER_S,
+    )
 
 
 def _no_endpoint_error(message: str) -> UpstreamError:
@@ -404,7 +443,7 @@ class RoutedLLMClient:
 
     def _on_failure(self, endpoint: Endpoint, model: str, error: UpstreamError) -> None:
         endpoint.failures_total += 1
-        if error.status_code == 503:
+        if error.server_side:
             self._set_ready(endpoint, False, f"request failed: {error.message}")
             self._wake.set()  # probe now: readmitted at once if it was only a blip
         elif error.code == "model_not_found" and model in endpoint.models:
@@ -424,6 +463,9 @@ class RoutedLLMClient:
             if not any(e.ready for e in self._endpoints.values()):
                 raise _no_endpoint_error("no Triton server is ready")
             raise _no_endpoint_error(f"no ready Triton server serves model `{model}`")
+        candidates = [e for e in candidates if e.has_room(model)]
+        if not candidates:
+            raise _full_error(model)
         best = min(candidates, key=lambda e: (e.load(model), e.last_pick))
         self._picks += 1
         best.last_pick = self._picks
@@ -439,7 +481,7 @@ class RoutedLLMClient:
         while True:
             endpoint = self._pick(model, tried)
             tried.add(endpoint.address)
-            endpoint.outstanding += 1
+            endpoint.acquire(model)
             try:
                 return await call(endpoint.client)
             except UpstreamError as error:
@@ -447,7 +489,7 @@ class RoutedLLMClient:
                 if not self._may_retry(model, error, tried, request_id, endpoint):
                     raise
             finally:
-                endpoint.outstanding -= 1
+                endpoint.release(model)
 
     def _may_retry(
         self,
@@ -460,12 +502,13 @@ class RoutedLLMClient:
         if not _retryable(error) or len(tried) >= self._config.max_attempts:
             return False
         if not any(
-            e.ready and model in e.models and e.address not in tried
+            e.ready and model in e.models and e.address not in tried and e.has_room(model)
             for e in self._endpoints.values()
         ):
             return False  # nobody else to ask: the client gets this error
         logger.info(
-            "request %s: %s failed before any output (%d %s); trying another server",
+            "request %s: %s failed before any output reached the client (%d %s); "
+            "trying another server",
             request_id,
             endpoint.address,
             error.status_code,
@@ -514,32 +557,44 @@ class RoutedLLMClient:
         return list(cards.values())
 
     async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
-        """Stream from the least-loaded endpoint; retried elsewhere only before the first
-        chunk. Closing this iterator closes (and so cancels) the upstream stream."""
+        """Stream from the least-loaded endpoint; retried elsewhere before the first chunk
+        (a `replayable` input: until it is complete, its chunks held back till then).
+        Closing this iterator closes (and so cancels) the upstream stream."""
         await self.start()
         tried: set[str] = set()
         while True:
             endpoint = self._pick(inp.model, tried)
             tried.add(endpoint.address)
-            endpoint.outstanding += 1
+            endpoint.acquire(inp.model)
             stream = endpoint.client.generate(inp)
             yielded = False
+            held: list[GenerationChunk] = []
             try:
                 async for chunk in stream:
+                    if inp.replayable:
+                        held.append(chunk)
+                        continue
                     yielded = True
                     yield chunk
-                return
+                if not inp.replayable:
+                    return
             except UpstreamError as error:
                 self._on_failure(endpoint, inp.model, error)
-                if yielded:
+                if yielded or (held and not error.server_side):
                     raise _mid_stream_error(error, inp.request_id, endpoint) from None
                 if not self._may_retry(inp.model, error, tried, inp.request_id, endpoint):
+                    if held:
+                        raise _mid_stream_error(error, inp.request_id, endpoint) from None
                     raise
+                continue
             finally:
-                endpoint.outstanding -= 1
+                endpoint.release(inp.model)
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            for chunk in held:  # replayable and complete: now the client may see it
+                yield chunk
+            return
 
     async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
         return await self._unary(

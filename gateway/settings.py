@@ -33,6 +33,10 @@ class GatewaySettings(BaseSettings):
     """Upper bound on one generation, passed to gRPC as the stream deadline."""
     model_list_ttl_s: float = Field(default=5.0, ge=0)
     """How long the model list from Triton is reused before asking again."""
+    max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Larger request bodies are refused with 413 before they are parsed."""
+    graceful_shutdown_s: float = Field(default=30.0, gt=0)
+    """On SIGTERM: stop accepting, let open requests and streams finish for up to this long."""
     log_level: str = "info"
 
     @field_validator("triton_urls")

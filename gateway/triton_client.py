@@ -67,9 +67,15 @@ class TritonModel:
     inputs: frozenset[str] = frozenset()
     outputs: frozenset[str] = frozenset()
 
+    capacity: int | None = None
+    """Running + queued requests the server takes before refusing (chatllm's max_num_seqs
+    + max_queue_size, times its instances); None when the config does not say."""
+
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
-        return [ModelCard(n, self.name, self.context_length, self.kind) for n in names]
+        return [
+            ModelCard(n, self.name, self.context_length, self.kind, self.capacity) for n in names
+        ]
 
 
 def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
@@ -103,6 +109,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
             )
     max_batch_size = int(config.get("max_batch_size", 0))
     return TritonModel(
+        capacity=_capacity(name, config, param("max_num_seqs"), param("max_queue_size")),
         name=name,
         batched=max_batch_size > 0,
         aliases=aliases,
@@ -112,6 +119,20 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         inputs=inputs,
         outputs=outputs,
     )
+
+
+def _capacity(name: str, config: dict[str, Any], seqs: str, queued: str) -> int | None:
+    """max_num_seqs + max_queue_size per instance, times the instances; None if unknown."""
+    if not seqs or not queued:
+        return None
+    try:
+        per_instance = int(seqs) + int(queued)
+    except ValueError:
+        logger.warning("model %s: max_num_seqs/max_queue_size are not integers", name)
+        return None
+    groups = config.get("instance_group") or [{}]
+    instances = sum(max(int(g.get("count", 1) or 1), 1) for g in groups)
+    return per_instance * instances
 
 
 def sampling_json(sampling: SamplingParams) -> str:

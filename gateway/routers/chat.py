@@ -113,6 +113,7 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
                 messages=messages,
                 sampling=for_choice(sampling, i),
                 request_id=f"{request_id}-{i}",
+                replayable=not body.stream,
             ),
             usage,
         )

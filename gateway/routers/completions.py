@@ -62,6 +62,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
                 prompt=prompt,
                 sampling=for_choice(sampling, j),
                 request_id=f"{request_id}-{p * body.n + j}",
+                replayable=not body.stream,
             ),
             usage,
             prompt_group=p,
