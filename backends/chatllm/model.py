@@ -1,8 +1,12 @@
 """Triton adapter of the chatllm backend: tensors in, engine requests; engine events, responses out.
 
 The only module that imports `triton_python_backend_utils`. Threads:
-- Triton's execute() thread: parses requests and queues them on the engine (never blocks on
-  generation, so Triton's dynamic batcher keeps handing over new requests).
+- Triton's execute() thread: parses requests, refuses at once what cannot be served (server
+  full, prompt far too long for the context) and hands the rest to the intake; it never
+  tokenizes and never blocks on generation, so Triton's dynamic batcher keeps handing over
+  new requests and a refusal takes milliseconds.
+- the intake's two lane threads (`RequestIntake`): chat template + tokenization, then
+  `engine.add_requests`; long prompts have their own lane, so they delay only each other.
 - the engine thread (`EngineThread`): loads the model, then runs `LLMEngine.run()`, the step loop.
 - the response thread: turns engine events into responses, watches for cancellation and
   publishes the engine's metrics.
@@ -27,6 +31,7 @@ from chatllm_engine.config import ConfigError, EngineConfig
 from chatllm_engine.engine_thread import EngineThread
 from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
                                    RequestCancelled)
+from chatllm_engine.intake import IntakeJob, RequestIntake, check_prompt_length, longest_token_chars
 from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
@@ -226,9 +231,15 @@ class TritonPythonModel:
         self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"),
                                  args.get("model_instance_name", ""), config.kv_cache_tokens)
 
-        # _inflight is written by execute() (add) and the response thread (remove): _lock guards it.
+        # _inflight is written by execute() (add), the response and intake threads (remove): _lock guards it.
         self._lock = threading.Lock()
         self._inflight: dict[str, InFlight] = {}
+        # Requests one instance holds (running + waiting) before execute() refuses at once.
+        self._capacity = config.max_num_seqs + config.max_queue_size
+        self._context_tokens = min(self.engine.max_model_len, config.kv_cache_tokens)
+        self._max_prompt_chars = self._context_tokens * longest_token_chars(self.engine.tokenizer)
+        self._intake = RequestIntake(self.engine, on_refused=self._refused, on_counted=self._counted,
+                                     is_wanted=self._is_wanted)
         # Engine thread -> response thread.
         self._events: queue.Queue[tuple[str, TokenEvent | EngineError] | None] = queue.Queue()
         self._response_thread = threading.Thread(target=self._respond_loop, name="chatllm-responses",
@@ -245,29 +256,49 @@ class TritonPythonModel:
         admitted, and prefilled, together."""
         if len(requests) > 1:
             logger.info("execute() got %d requests at once", len(requests))
-        accepted: list[tuple[str, GenerationRequest]] = []
+        jobs: list[IntakeJob] = []
         for request in requests:
             channel = ResponseChannel(request.get_response_sender())
             request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
             try:
                 gen, options, prompt = self._parse(request, request_id)
-                if _scalar(request, "count_tokens_only"):
-                    self._count_tokens(channel, gen)
-                    continue
+                chars = check_prompt_length(gen, self._max_prompt_chars, self._context_tokens)
+                count_only = bool(_scalar(request, "count_tokens_only"))
+                with self._lock:
+                    if not count_only and len(self._inflight) >= self._capacity:
+                        raise EngineOverloaded(
+                            f"the engine is at capacity ({len(self._inflight)} requests running or waiting)")
+                    self._inflight[request_id] = InFlight(channel=channel, options=options, prompt=prompt)
             except Exception as exc:  # noqa: BLE001 - every request gets a final response
                 self._reject(channel, request_id, exc)
                 continue
-            with self._lock:
-                self._inflight[request_id] = InFlight(channel=channel, options=options, prompt=prompt)
-            accepted.append((request_id, gen))
-        results = self.engine.add_requests([(gen, self._sink(rid)) for rid, gen in accepted])
-        for (request_id, _), result in zip(accepted, results):
-            if isinstance(result, EngineError):
-                with self._lock:
-                    entry = self._inflight.pop(request_id, None)
-                if entry is not None:
-                    self._reject(entry.channel, request_id, result)
+            jobs.append(IntakeJob(gen, self._sink(request_id), chars, count_only))
+        self._intake.submit(jobs)
         return None
+
+    # ---- intake threads ------------------------------------------------------------------
+
+    def _is_wanted(self, request_id: str) -> bool:
+        with self._lock:
+            return request_id in self._inflight
+
+    def _refused(self, request_id: str, exc: Exception) -> None:
+        with self._lock:
+            entry = self._inflight.pop(request_id, None)
+        if entry is not None:
+            self._reject(entry.channel, request_id, exc)
+
+    def _counted(self, request_id: str, count: int) -> None:
+        """Answer with the prompt's token count (`num_input_tokens`) without generating."""
+        with self._lock:
+            entry = self._inflight.pop(request_id, None)
+        if entry is None:
+            return
+        tensors = [self._tensor("text_output", [b""], np.object_),
+                   self._tensor("finish_reason", [b""], np.object_),
+                   self._tensor("num_input_tokens", [count], np.uint32),
+                   self._tensor("num_output_tokens", [0], np.uint32)]
+        entry.channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:
         return lambda event: self._events.put((request_id, event))
@@ -280,15 +311,6 @@ class TritonPythonModel:
             logger.exception("%s failed", request_id)
             error = EngineDead(f"internal error: {exc}")
         channel.finish(pb_utils.InferenceResponse(error=triton_error(error)))
-
-    def _count_tokens(self, channel: ResponseChannel, gen: GenerationRequest) -> None:
-        """Answer with the prompt's token count (`num_input_tokens`) without generating."""
-        count = 0 if gen.prompt == "" else len(self.engine.tokenize(gen))
-        tensors = [self._tensor("text_output", [b""], np.object_),
-                   self._tensor("finish_reason", [b""], np.object_),
-                   self._tensor("num_input_tokens", [count], np.uint32),
-                   self._tensor("num_output_tokens", [0], np.uint32)]
-        channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
         prompt = _text(request, "text_input")
@@ -413,6 +435,7 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
+        self._intake.stop(timeout=10)
         self._engine_thread.stop(timeout=10)
         self._events.put(None)
         self._response_thread.join(timeout=10)

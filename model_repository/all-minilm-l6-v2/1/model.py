@@ -29,6 +29,10 @@ from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 PACKAGE_SCHEME = "package:"
 PAD_MULTIPLE = 32
+CLIP_SLACK = 4
+"""Texts are cut at max_model_len x longest token x this many characters before tokenizing:
+the tokenizer's normaliser may drop characters (accents, control characters), so a token can
+stand for more characters of the input than of its vocabulary entry."""
 
 logger = logging.getLogger("embeddings")
 
@@ -106,10 +110,16 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.dimensions = int(self.model.config.hidden_size)
+        longest = max((len(t) for t in self.tokenizer.get_vocab()), default=0)
+        # Truncation keeps max_len tokens; text beyond what they can span is never tokenized,
+        # so a huge text costs about what a long one does and delays its batch only that much.
+        self.max_chars = max_len * max(longest, 1) * CLIP_SLACK
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         """Vectors [len(texts), dimensions] (float32) and each text's token count."""
-        texts = [t.strip() for t in texts]  # as sentence-transformers' Transformer module does
+        # Stripped as sentence-transformers' Transformer module does; clipped where truncation
+        # would cut anyway.
+        texts = [t.strip()[: self.max_chars] for t in texts]
         lengths = [len(ids) for ids in self.tokenizer(
             texts, truncation=True, max_length=self.max_len)["input_ids"]]
         vectors = np.zeros((len(texts), self.dimensions), dtype=np.float32)
