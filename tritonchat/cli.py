@@ -17,7 +17,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=Path(args.model_repository).resolve(), host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, gateway_port=args.port,
         api_keys=tuple(args.api_key or ()), triton_args=tuple(args.triton_arg or ()),
-        ready_timeout_s=args.ready_timeout)
+        ready_timeout_s=args.ready_timeout, grace_period_s=args.grace_period)
     try:
         return serve(options)
     except (ServeError, TritonNotFoundError) as exc:
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", action="append", help="require this bearer key (repeatable)")
     serve.add_argument("--triton-arg", action="append", help="extra tritonserver flag, e.g. --triton-arg=--log-verbose=1")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
+    serve.add_argument("--grace-period", type=float, default=30.0,
+                       help="seconds running requests get to finish when stopping (SIGTERM/Ctrl-C)")
     serve.set_defaults(func=_cmd_serve)
 
     for name, func, helptext in (("chat", _cmd_chat, "stream one answer from a model"),

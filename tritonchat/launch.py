@@ -2,11 +2,18 @@
 
 Used by `tritonchat serve`, the benchmark and the integration tests. Readiness is polled on the
 servers' own health endpoints with a deadline; teardown stops only the processes started here.
+
+Every child is started by `spawn`: in its own process group (Ctrl-C at a terminal reaches the
+launcher only), with a parent-death signal (SIGTERM when the launcher dies, even by SIGKILL, so
+no server outlives it), and with SIGINT back to its default even when the launcher inherited
+it as ignored (`nohup ... &`). Children are stopped with SIGTERM, the signal every supervisor
+sends; tritonserver and the gateway both drain on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -15,9 +22,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,6 +33,29 @@ from .runtime import resolve_runtime
 
 TRITON_READY_TIMEOUT_S = 240.0
 GATEWAY_READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+"""SIGTERM to SIGKILL: a server's drain grace period must end before this."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """What a child does between fork and exec (async-signal-safe calls only: ctypes into libc)."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def setup() -> None:
+        if libc is None:
+            return
+        libc.signal(signal.SIGINT, signal.SIG_DFL)  # an inherited "ignore" survives exec otherwise
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
+
+
+def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group that dies with this process (see module doc)."""
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_child_setup(os.getpid()), **kwargs)
 
 
 def free_port() -> int:
@@ -82,8 +113,8 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, time
     raise NotReadyError(f"{name} was not ready within {timeout_s:.0f}s ({url}){tail()}")
 
 
-def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) -> None:
-    """Stop a child politely (SIGINT, as Ctrl-C would), then for good.
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """Stop a child politely (SIGTERM, as a supervisor would), then for good.
 
     Children are started with `start_new_session=True`, so each leads its own process group:
     what is left of that group afterwards (Triton's Python backend stubs, when the server had
@@ -92,7 +123,7 @@ def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 30.0) 
     if process is None:
         return
     if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -132,8 +163,7 @@ def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
             "--metrics-address=127.0.0.1", "--exit-timeout-secs=10", *(extra_args or [])]
     log = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = spawn(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT)
     handle = TritonProcess(process, http, grpc, metrics, log)
     try:
         wait_until_ready(f"{handle.http_url}/v2/health/ready", process, "tritonserver", TRITON_READY_TIMEOUT_S, log)
@@ -153,8 +183,7 @@ def launch_gateway(triton_urls: list[str], api_keys: list[str] | None = None,
     argv = gateway_argv("127.0.0.1", port, triton_urls, api_keys, extra_args)
     log = Path(tempfile.mkstemp(prefix="gateway-", suffix=".log")[1])
     with log.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                   start_new_session=True)
+        process = spawn(argv, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{base}/health", process, "gateway", GATEWAY_READY_TIMEOUT_S, log)
