@@ -435,6 +435,9 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:
+        # Triton calls this only once every response factory of the model is gone (its
+        # streams have ended): on SIGTERM it keeps the model alive while they finish, for up
+        # to --exit-timeout-secs. So there is nothing left to drain here.
         self._intake.stop(timeout=10)
         self._engine_thread.stop(timeout=10)
         self._events.put(None)

@@ -361,3 +361,21 @@ def test_gpu_repository_refuses_a_config_it_does_not_understand(tmp_path: Path) 
     with pytest.raises(module.ConfigShapeError):
         module.rewrite_repository(tmp_path)
     assert module.main([str(tmp_path)]) == 1
+
+
+def test_pods_drain_before_they_are_killed() -> None:
+    """preStop, then SIGTERM's drain, both inside the termination grace period."""
+    found = manifests()
+    for name in ("triton", "gateway"):
+        drain_s: float
+        pod = found[("Deployment", name)]["spec"]["template"]["spec"]
+        serving = container(found[("Deployment", name)])
+        pre_stop = serving["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[0] == "sleep"
+        if name == "triton":
+            drain_s = next(int(a.split("=")[1]) for a in serving["args"] if a.startswith("--exit-timeout-secs="))
+        else:
+            env = {e["name"]: e.get("value") for e in serving["env"]}
+            drain_s = float(env["TRITONCHAT_GATEWAY_GRACEFUL_SHUTDOWN_S"])
+        assert int(pre_stop[1]) + drain_s < pod["terminationGracePeriodSeconds"]
+        assert serving["readinessProbe"]
