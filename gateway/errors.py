@@ -140,6 +140,15 @@ OVERLOADED_MARKERS = ("exceeds maximum queue size", "at capacity")
 `EngineOverloaded` ("[UNAVAILABLE] the engine is at capacity ...")."""
 
 
+STOPPING_MARKERS = ("server is stopping", "stopped accepting new inference requests")
+"""Triton draining after SIGTERM: the server is going away (503, retried elsewhere)."""
+
+
+def is_stopping_message(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in STOPPING_MARKERS)
+
+
 def is_overload_message(message: str) -> bool:
     lowered = message.lower()
     return any(marker in lowered for marker in OVERLOADED_MARKERS)
@@ -180,6 +189,8 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         # Being full is not being down: a 429 the client may retry, never a reason to take
         # the server out of routing (a 503 would be).
         bracket_code = "RESOURCE_EXHAUSTED"
+    elif is_stopping_message(text):
+        bracket_code = "UNAVAILABLE"
     code = (
         bracket_code
         or _code_from_message(text, specific=True)

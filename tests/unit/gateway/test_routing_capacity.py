@@ -124,3 +124,17 @@ def test_a_held_generation_is_cancelled_when_its_client_leaves() -> None:
         await client.close()
 
     run(test)
+
+
+def test_a_draining_server_is_a_503_retried_elsewhere() -> None:
+    message = "Server is stopping, scheduler for model has stopped accepting new inference requests"
+    assert upstream_error(message).server_side
+
+    async def test() -> None:
+        a, b = FakeServer("a:1"), FakeServer("b:1")
+        a.queue([upstream_error(message)])
+        client = router(FakeCluster(a, b))
+        assert await collect(client.generate(inp())) == "from b:1"
+        await client.close()
+
+    run(test)
