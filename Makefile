@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tritonchat-installed
 
-.PHONY: install serve test unit bench clean
+.PHONY: install serve test unit bench soak clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ unit: install
 
 bench: install
 	$(VENV)/bin/tritonchat bench
+
+# Not in CI: 10 minutes at 16 users; fails on any error or memory growth over 5% (docs/reliability.md).
+soak: install
+	$(PY) scripts/soak.py --minutes 10 --users 16
 
 clean:
 	rm -rf $(VENV) build *.egg-info

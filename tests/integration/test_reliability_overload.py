@@ -1,8 +1,9 @@
 """Nobody stalled: the default model (SmolLM2 on chatllm) with a small capacity, and bursts.
 
 - 300 clients at once: every request is served or refused (429 with Retry-After), at least
-  the model's capacity is served, refusals come fast, and the server stays up. The same
-  burst straight at Triton (no gateway view of capacity) is refused by the backend itself.
+  the model's capacity is served, and the server stays up. The same burst straight at
+  Triton (no gateway view of capacity) is refused by the backend itself.
+- A full server refuses further requests at once, not after the running work.
 - A 24 MB body (413 at the gateway), a 1 MB prompt (refused by the backend's length
   pre-check, never tokenized) and a 300 kB prompt (tokenized in the intake's long lane, then
   refused) sent while a stream runs: all three are answered while the stream is still
@@ -26,7 +27,10 @@ import pytest
 from gateway.errors import UpstreamError
 from gateway.llm_client import GenerationInput, SamplingParams
 from gateway.triton_client import TritonLLMClient
+from loadtest.timing import percentile
+from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.test_multi_triton import metric
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +39,10 @@ MODEL = "smollm2-135m-instruct"
 MAX_NUM_SEQS, MAX_QUEUE_SIZE = 4, 12
 CAPACITY = MAX_NUM_SEQS + MAX_QUEUE_SIZE
 BURST = 300
-REFUSAL_P99_BOUND_S = 2.0
-"""Generous on a shared 2-core CI machine: the target (< 100 ms) is measured by
-scripts/overload_burst.py and reported in docs/reliability.md."""
+REFUSALS = 20
+REFUSAL_BOUND_S = 1.0
+"""Generous for a shared 2-core CI machine; scripts/overload_burst.py measures the real
+figure (docs/reliability.md)."""
 
 
 @pytest.fixture(scope="module")
@@ -62,38 +67,61 @@ def chat(content: str, stream: bool = False, max_tokens: int = 8) -> dict[str, o
             "messages": [{"role": "user", "content": content}]}
 
 
-async def one_request(client: httpx.AsyncClient, i: int) -> tuple[int, float, str | None]:
-    started = time.monotonic()
+async def one_request(client: httpx.AsyncClient, i: int) -> tuple[int, str | None]:
     body = chat(f"Say a number: {i}", stream=i % 2 == 1)
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         await response.aread()
-        return response.status_code, time.monotonic() - started, response.headers.get("retry-after")
+        return response.status_code, response.headers.get("retry-after")
 
 
-def p99(values: list[float]) -> float:
-    return sorted(values)[max(0, int(len(values) * 0.99) - 1)] if values else 0.0
+def outstanding(gateway: str, triton: TritonProcess) -> float:
+    name = "tritonchat_gateway_endpoint_outstanding_requests"
+    return metric(f"{gateway}/metrics", name, {"endpoint": triton.grpc_url}) or 0.0
 
 
-def test_a_burst_of_300_is_served_or_refused_fast_and_the_server_stays_up(
+def test_a_burst_of_300_is_served_or_refused_and_the_server_stays_up(
     small_stack: tuple[TritonProcess, str],
 ) -> None:
     triton, gateway = small_stack
 
-    async def burst() -> list[tuple[int, float, str | None]]:
+    async def burst() -> list[tuple[int, str | None]]:
         limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=BURST)
-        async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=gateway, timeout=300, limits=limits) as client:
             return await asyncio.gather(*(one_request(client, i) for i in range(BURST)))
 
     results = asyncio.run(burst())
-    statuses = [status for status, _, _ in results]
+    statuses = [status for status, _ in results]
     assert set(statuses) <= {200, 429}, f"statuses: {sorted(set(statuses))}"
     assert statuses.count(200) >= CAPACITY
-    refusals = [seconds for status, seconds, _ in results if status == 429]
-    assert all(retry == "1" for status, _, retry in results if status == 429)
-    assert p99(refusals) < REFUSAL_P99_BOUND_S
+    assert all(retry == "1" for status, retry in results if status == 429)
     assert triton.process.poll() is None
     response = httpx.post(f"{gateway}/v1/chat/completions", json=chat("Hello"), timeout=60)
     assert response.status_code == 200
+
+
+def test_a_full_server_refuses_at_once(small_stack: tuple[TritonProcess, str]) -> None:
+    """With every slot taken by long streams, each further request is refused without
+    waiting for any of them (timed one at a time, so the client's own queueing is out)."""
+    triton, gateway = small_stack
+    streams = [Stream(gateway, max_tokens=24) for _ in range(CAPACITY)]
+    for stream in streams:
+        stream.thread.start()
+    try:
+        wait_until(lambda: outstanding(gateway, triton) >= CAPACITY, "every slot taken", 60)
+        refusals: list[float] = []
+        with httpx.Client(base_url=gateway, timeout=60) as client:
+            for i in range(REFUSALS):
+                started = time.monotonic()
+                response = client.post("/v1/chat/completions", json=chat(f"one more {i}"))
+                refusals.append(time.monotonic() - started)
+                assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        assert not any(s.done.is_set() for s in streams[MAX_NUM_SEQS:]), "refusals waited for running work"
+        assert max(refusals) < REFUSAL_BOUND_S
+        print(f"refusals of a full server: p50 {percentile(refusals, 50) * 1000:.0f} ms, "
+              f"p99 {percentile(refusals, 99) * 1000:.0f} ms")
+    finally:
+        for stream in streams:
+            assert stream.done.wait(300), "a stream hung"
 
 
 def test_the_backend_itself_refuses_at_once_beyond_its_capacity(small_stack: tuple[TritonProcess, str]) -> None:
@@ -139,7 +167,7 @@ class Stream:
         body = chat("Tell me a long story about a lighthouse.", stream=True, max_tokens=self.max_tokens)
         body["ignore_eos"] = True
         try:
-            with httpx.stream("POST", f"{self.gateway}/v1/chat/completions", json=body, timeout=120) as response:
+            with httpx.stream("POST", f"{self.gateway}/v1/chat/completions", json=body, timeout=300) as response:
                 for line in response.iter_lines():
                     if not line.startswith("data: ") or line.endswith("[DONE]"):
                         continue
@@ -153,7 +181,7 @@ class Stream:
 
 def test_big_bodies_and_long_prompts_do_not_stall_a_running_stream(small_stack: tuple[TritonProcess, str]) -> None:
     _, gateway = small_stack
-    stream = Stream(gateway, max_tokens=64)
+    stream = Stream(gateway, max_tokens=48)
     stream.thread.start()
     deadline = time.monotonic() + 60
     while len(stream.arrivals) < 3:  # the stream is running
@@ -170,8 +198,8 @@ def test_big_bodies_and_long_prompts_do_not_stall_a_running_stream(small_stack: 
             answered[name] = (response.status_code, time.monotonic())
             assert response.json()["error"]["message"], response.text
 
-    assert stream.done.wait(120)
-    assert stream.finish_reason == "length" and len(stream.arrivals) >= 32
+    assert stream.done.wait(300)
+    assert stream.finish_reason == "length" and len(stream.arrivals) >= 24
     assert answered["24 MB body"][0] == 413
     assert answered["1 MB prompt"][0] == 400 and answered["300 kB prompt"][0] == 400
     last_token = stream.arrivals[-1]
