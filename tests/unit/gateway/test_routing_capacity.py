@@ -138,3 +138,19 @@ def test_a_draining_server_is_a_503_retried_elsewhere() -> None:
         await client.close()
 
     run(test)
+
+
+def test_capacity_comes_from_the_model_config_times_its_instances() -> None:
+    from gateway.triton_client import parse_model_config
+
+    def config(**params: str) -> dict[str, object]:
+        return {
+            "model_transaction_policy": {"decoupled": True},
+            "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+            "parameters": {k: {"string_value": v} for k, v in params.items()},
+        }
+
+    model = parse_model_config("m", config(max_num_seqs="4", max_queue_size="12"))
+    assert model is not None and {card.capacity for card in model.cards()} == {32}
+    unknown = parse_model_config("m", config(max_num_seqs="4"))
+    assert unknown is not None and unknown.capacity is None
