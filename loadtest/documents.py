@@ -3,8 +3,8 @@
 Each prompt is an excerpt of documentation (docstrings of Python standard-library modules,
 read with `inspect` from the running interpreter, so nothing is downloaded) followed by a
 question about it. Excerpt lengths follow a log-normal draw, so most prompts are a few hundred
-tokens and a few run to thousands; with SmolLM2's tokenizer the default set (48 prompts,
-seed 0) spans about 60 to 2,300 tokens with a median near 270. Answers get up to
+tokens and a few run to thousands; with SmolLM2's tokenizer and chat template the default
+set (48 prompts, seed 0, Python 3.11) spans 64 to 1,993 tokens, median 254, mean 373. Answers get up to
 `max_tokens` (128) and end at EOS. The same seed gives the same prompts for the same Python
 minor version (docstrings change between releases).
 """
@@ -36,9 +36,9 @@ QUESTIONS = (
     "Based on the documentation above, give one short example of when to use `{name}`.",
     "What would a beginner find hardest in the documentation above? Answer briefly.",
 )
-MEDIAN_WORDS = 170  # ~1.5 tokens per word of docstring prose, plus the chat template
-SPREAD = 0.9  # sigma of the log-normal draw of words per document
-MIN_WORDS, MAX_WORDS = 30, 1450
+MEDIAN_WORDS = 85  # ~2.4 SmolLM2 tokens per word of docstrings, plus the chat template's ~35
+SPREAD = 1.35  # sigma of the log-normal draw of words per document
+MIN_WORDS, MAX_WORDS = 10, 1400
 DEFAULT_COUNT = 48
 DEFAULT_MAX_TOKENS = 128
 
@@ -66,8 +66,13 @@ def build_document_prompts(seed: int = 0, count: int = DEFAULT_COUNT,
     rng = random.Random(seed)
     prompts = []
     for prompt_id in range(count):
-        name = rng.choice(MODULES)
-        words = _module_text(name).split(" ")
+        first = rng.randrange(len(MODULES))
+        name = MODULES[first]
+        words: list[str] = []
+        for other in MODULES[first:] + MODULES[:first]:  # a long excerpt runs on into the next modules
+            words += _module_text(other).split(" ")
+            if len(words) > 2 * MAX_WORDS:
+                break
         want = int(min(MAX_WORDS, max(MIN_WORDS, rng.lognormvariate(0.0, SPREAD) * MEDIAN_WORDS)))
         start = rng.randrange(max(1, len(words) - want)) if len(words) > want else 0
         excerpt = " ".join(words[start:start + want])
