@@ -65,20 +65,20 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     layer = int(module.layer_idx)  # type: ignore[arg-type]
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
     groups = heads // kv_heads
-    out = query.new_empty((query.shape[2], heads, dim))
+    new_kv = torch.stack((key[0], value[0]))  # [2, Hkv, T, D]: one copy per segment below, not two
+    outs = []
     for seg in step.segments:
         n, total = seg.end - seg.start, seg.total
         cache = seg.kv.buffer[layer]  # [2, Hkv, capacity, D]
-        cache[0, :, seg.past:total] = key[0, :, seg.start:seg.end]
-        cache[1, :, seg.past:total] = value[0, :, seg.start:seg.end]
+        cache[:, :, seg.past:total] = new_kv[:, :, seg.start:seg.end]
         # Grouped-query attention without repeating the cache: the `groups` query heads of
         # one KV head become `groups * n` queries of that head.
         q = query[0, :, seg.start:seg.end].reshape(kv_heads, groups * n, dim)
         mask = None if n == 1 else _causal_mask(n, total, groups, query.device)
         o = F.scaled_dot_product_attention(q[None], cache[0, None, :, :total], cache[1, None, :, :total],
                                            attn_mask=mask, scale=scaling)
-        out[seg.start:seg.end] = o[0].reshape(heads, n, dim).transpose(0, 1)
-    return out[None], None
+        outs.append(o[0].reshape(heads, n, dim).transpose(0, 1))
+    return torch.cat(outs)[None], None
 
 
 AttentionInterface.register(ATTENTION_NAME, packed_attention)
