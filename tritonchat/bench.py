@@ -1,12 +1,18 @@
 """`tritonchat bench`: the engine and the full stack against the static-batch ceiling.
 
-For each concurrency C, on the same chat prompts and in one run:
-  (1) ceiling   one static left-padded batch of C with plain `model.generate`
-  (2) engine    the chatllm engine alone, C requests submitted at once
-  (3) e2e       C concurrent streaming clients: gateway -> Triton -> chatllm backend
-Every request generates exactly `new_tokens` tokens greedily (EOS ignored), so all three do
-the same work. Prints output tok/s, TTFT and inter-token latency p50/p99, peak KV memory,
-and the ratios (2)/(1) and (3)/(1); writes JSON, markdown and a plot.
+Two workloads (`--workload`):
+- short: C short chat prompts (~43 tokens) sent at once, each generating exactly
+  `new_tokens` tokens greedily (EOS ignored), so every mode does the same work;
+- long: the 48 "document + question" prompts of `loadtest.documents` (64 to 1,993
+  tokens), up to 128 tokens each, EOS honoured, sent by C users one after another (closed
+  loop: user u sends prompts u, u + C, ...).
+For each concurrency C, in one run:
+  (1) ceiling   one static left-padded batch of C with plain `model.generate` (short only)
+  (2) engine    the chatllm engine alone
+  (3) e2e       C streaming clients: gateway -> Triton -> chatllm backend
+  or, with `--url`, only (3) against any OpenAI-compatible server (vLLM, for a side-by-side).
+Prints output tok/s, TTFT and inter-token latency (each gap between streamed tokens) p50/p99,
+peak KV memory, and the ratios (2)/(1) and (3)/(1); writes JSON, markdown and a plot.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loadtest.timing import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_REQUESTS = [
@@ -68,10 +76,7 @@ class Result:
 
     def summary(self) -> dict[str, Any]:
         def pct(values: list[float], q: float) -> float | None:
-            if not values:
-                return None
-            ordered = sorted(values)
-            return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+            return percentile(values, q * 100)
 
         return {"mode": self.mode, "concurrency": self.concurrency, "output_tokens": self.output_tokens,
                 "seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 1),
@@ -82,6 +87,32 @@ class Result:
 
 def chat_messages(concurrency: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": USER_REQUESTS[i % len(USER_REQUESTS)]}] for i in range(concurrency)]
+
+
+WORKLOADS = ("short", "long")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request of a workload."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    ignore_eos: bool
+
+
+def workload_jobs(workload: str, concurrency: int, new_tokens: int) -> list[list[Job]]:
+    """Per user, the requests it sends one after another."""
+    if workload == "short":
+        return [[Job(m, new_tokens, True)] for m in chat_messages(concurrency)]
+    from loadtest.documents import build_document_prompts
+
+    prompts = build_document_prompts()
+    users: list[list[Job]] = [[] for _ in range(concurrency)]
+    for i in range(max(len(prompts), concurrency)):
+        prompt = prompts[i % len(prompts)]
+        users[i % concurrency].append(Job(list(prompt.messages), prompt.max_tokens, False))
+    return users
 
 
 def _kv_bytes_per_token(model: Any) -> int:
@@ -112,32 +143,43 @@ def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -
 
 
 def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_tokens: int,
-               torch_thread: Executor) -> Result:
-    """C requests submitted at once to a fresh engine (`config`: the model's EngineConfig,
-    warmed with one request) stepping on `torch_thread`."""
+               torch_thread: Executor, workload: str = "short") -> Result:
+    """The workload's requests on a fresh engine (`config`: the model's EngineConfig, warmed
+    with one request) stepping on `torch_thread`; each user submits its next request when
+    the last one finishes."""
     from chatllm_engine.engine import LLMEngine
     from chatllm_engine.types import GenerationRequest, SamplingParams
 
     # Room for every request at once, whatever the model's own limits.
     engine = LLMEngine(model, tokenizer, dataclasses.replace(config, max_num_seqs=max(64, concurrency),
                                                              kv_cache_tokens=1 << 20))
+    users = workload_jobs(workload, concurrency, new_tokens)
+    total = sum(len(u) for u in users)
     done = threading.Event()
     times: dict[str, list[tuple[float, int]]] = {}
     finished = 0
     lock = threading.Lock()
 
-    def sink_for(rid: str) -> Any:
+    def submit(user: int, index: int) -> list[tuple[Any, Any]]:
+        job = users[user][index]
+        rid = f"bench-{user}-{index}"
+        times[rid] = [(time.perf_counter(), 0)]
+        sampling = SamplingParams(temperature=0.0, max_tokens=job.max_tokens, ignore_eos=job.ignore_eos)
+        return [(GenerationRequest(rid, messages=tuple(job.messages), sampling=sampling), sink_for(rid, user, index))]
+
+    def sink_for(rid: str, user: int, index: int) -> Any:
         def sink(event: Any) -> None:
             nonlocal finished
             times[rid].append((time.perf_counter(), getattr(event, "num_output_tokens", 0)))
             if getattr(event, "finished", True):
+                if index + 1 < len(users[user]):
+                    engine.add_requests(submit(user, index + 1))
                 with lock:
                     finished += 1
-                    if finished == concurrency:
+                    if finished == total:
                         done.set()
         return sink
 
-    sampling = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     stepping = torch_thread.submit(engine.run)
     # A serving engine has answered requests before: one short request first puts the chat
     # template's system prompt in the prefix cache, as the e2e server's warm-up does.
@@ -146,12 +188,10 @@ def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_to
                                          sampling=SamplingParams(temperature=0.0, max_tokens=1)),
                        lambda event: warmed.set() if getattr(event, "finished", True) else None)
     warmed.wait()
-    requests = [GenerationRequest(f"bench-{i}", messages=tuple(m), sampling=sampling)
-                for i, m in enumerate(chat_messages(concurrency))]
-    times.update({r.request_id: [] for r in requests})
     start = time.perf_counter()
     # In one call, as the backend queues the requests of one execute(): one step sees them all.
-    for outcome in engine.add_requests([(r, sink_for(r.request_id)) for r in requests]):
+    first = [item for u in range(concurrency) if users[u] for item in submit(u, 0)]
+    for outcome in engine.add_requests(first):
         if isinstance(outcome, Exception):
             raise outcome
     done.wait()
@@ -161,16 +201,17 @@ def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_to
     result = Result("engine", concurrency, sum(n for ev in times.values() for _, n in ev), seconds,
                     peak_kv_mib=engine.stats.peak_kv_slots * _kv_bytes_per_token(model) / 2**20)
     for events in times.values():
-        result.ttft_s.append(events[0][0] - start)
-        result.itl_s.extend((b[0] - a[0]) / max(1, b[1]) for a, b in zip(events, events[1:]))
+        if len(events) > 1:
+            result.ttft_s.append(events[1][0] - events[0][0])
+        result.itl_s.extend((b[0] - a[0]) / max(1, b[1]) for a, b in zip(events[1:], events[2:]) if b[1])
     return result
 
 
-async def _stream_one(client: Any, url: str, model: str, messages: list[dict[str, str]], new_tokens: int,
-                      start: float) -> tuple[list[float], int]:
-    body = {"model": model, "messages": messages, "max_tokens": new_tokens, "temperature": 0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
-    stamps: list[float] = []
+async def _stream_one(client: Any, url: str, model: str, job: Job) -> tuple[list[float], int]:
+    """One streamed chat request: [send time, arrival of each text chunk...] and its output tokens."""
+    body = {"model": model, "messages": job.messages, "max_tokens": job.max_tokens, "temperature": 0,
+            "stream": True, "ignore_eos": job.ignore_eos, "stream_options": {"include_usage": True}}
+    stamps: list[float] = [time.perf_counter()]
     tokens = 0
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
@@ -182,26 +223,32 @@ async def _stream_one(client: Any, url: str, model: str, messages: list[dict[str
                 tokens = chunk["usage"]["completion_tokens"]
             if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
                 stamps.append(time.perf_counter())
-    return [start, *stamps], tokens
+    return stamps, tokens
+
+
+async def _run_user(client: Any, url: str, model: str, jobs: list[Job]) -> list[tuple[list[float], int]]:
+    return [await _stream_one(client, url, model, job) for job in jobs]
 
 
 async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int,
-                       messages: list[list[dict[str, str]]] | None = None) -> Result:
-    """`concurrency` streaming clients at once (the benchmark's prompts unless `messages`)."""
+                       messages: list[list[dict[str, str]]] | None = None, workload: str = "short",
+                       mode: str = "e2e") -> Result:
+    """`concurrency` streaming users running the workload (or one request per `messages`)."""
     import httpx
 
+    users = ([[Job(m, new_tokens, True)] for m in messages] if messages
+             else workload_jobs(workload, concurrency, new_tokens))
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
-        outcomes = await asyncio.gather(*(_stream_one(client, url, model, m, new_tokens, start)
-                                          for m in messages or chat_messages(concurrency)))
+        outcomes = await asyncio.gather(*(_run_user(client, url, model, jobs) for jobs in users if jobs))
         seconds = time.perf_counter() - start
-    result = Result("e2e", concurrency, sum(t for _, t in outcomes), seconds)
-    for stamps, tokens in outcomes:
+    flat = [o for user in outcomes for o in user]
+    result = Result(mode, concurrency, sum(t for _, t in flat), seconds)
+    for stamps, tokens in flat:
         if len(stamps) > 1:
             result.ttft_s.append(stamps[1] - stamps[0])
-            gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]
-            result.itl_s.extend(gaps)
+            result.itl_s.extend(b - a for a, b in zip(stamps[1:], stamps[2:]))
     return result
 
 
@@ -221,7 +268,7 @@ def _stub_peak_rss_mib() -> float:
 
 
 def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: str, cpu_threads: int,
-            warmup: bool = True) -> list[Result]:
+            warmup: bool = True, workload: str = "short") -> list[Result]:
     """Start tritonserver + gateway on free ports, then run C streaming clients per C."""
     from .launch import launch_gateway, launch_triton
 
@@ -238,7 +285,7 @@ def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: 
                 asyncio.run(_run_clients(gateway, model, 2, 4, WARMUP_MESSAGES))
             results = []
             for c in concurrencies:
-                result = asyncio.run(_run_clients(gateway, model, c, new_tokens))
+                result = asyncio.run(_run_clients(gateway, model, c, new_tokens, workload=workload))
                 result.peak_kv_mib = _stub_peak_rss_mib()
                 results.append(result)
             return results
@@ -259,7 +306,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", default=str(ROOT / "model_repository"))
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--cpu-threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--workload", choices=WORKLOADS, default="short",
+                        help="short: ~43-token prompts, exactly --new-tokens each; long: 48 document + question "
+                             "prompts of 64-1,993 tokens, up to 128 tokens each, EOS honoured")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--skip-engine", action="store_true", help="no ceiling or engine-only runs")
+    parser.add_argument("--url", default="",
+                        help="only run the streaming clients against this OpenAI-compatible server (e.g. vLLM)")
+    parser.add_argument("--served-model", default="smollm2", help="model name sent with --url")
+    parser.add_argument("--label", default="", help="mode label of the results (default e2e, or the --url's)")
     parser.add_argument("--output", default="", help="folder for results.json, results.md, throughput.png")
 
 
@@ -287,14 +342,14 @@ def _plot(results: list[Result], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for mode, style in (("ceiling", "k--o"), ("engine", "b-o"), ("e2e", "g-s")):
+    for mode, style in (("ceiling", "k--o"), ("engine", "b-o"), ("e2e", "g-s"), ("external", "r-^")):
         points = sorted((r.concurrency, r.tokens_per_s) for r in results if r.mode == mode)
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], style, label=mode)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent requests (C)")
     ax.set_ylabel("output tokens / s")
-    ax.set_title("SmolLM2-135M, CPU fp32, 64 new tokens, greedy")
+    ax.set_title("SmolLM2-135M, CPU, greedy")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -315,31 +370,53 @@ def main(args: argparse.Namespace) -> int:
     from chatllm_engine.loader import load_model
 
     repository = Path(args.model_repository)
+    results: list[Result] = []
+    if args.url:
+        for c in args.concurrency:
+            result = asyncio.run(_run_clients(args.url.rstrip("/"), args.served_model, c, args.new_tokens,
+                                              workload=args.workload, mode=args.label or "external"))
+            results.append(result)
+            print(json.dumps(result.summary()), flush=True)
+        return _report(results, args)
     params = model_parameters(repository / args.model / "config.pbtxt")
     if args.cpu_threads:
         params["cpu_threads"] = str(args.cpu_threads)
-    results: list[Result] = []
     # Every forward pass (ceiling and engine) runs on this one thread, as in the backend,
     # where the engine thread owns the model (see chatllm_engine/engine_thread.py).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
-        config = EngineConfig.from_parameters(params)
-        # The ceiling is plain transformers; the engine gets the model as the backend loads it.
-        model, tokenizer = torch_thread.submit(
-            load_model, dataclasses.replace(config, pack_cpu_weights=False)).result()
-        engine_model = torch_thread.submit(_as_backend_loads, model, config).result()
-        torch_thread.submit(run_ceiling, model, tokenizer, 2, 4).result()  # warm-up: allocations, kernels
-        run_engine(engine_model, tokenizer, config, 2, 4, torch_thread)
-        for c in args.concurrency:
-            for result in (torch_thread.submit(run_ceiling, model, tokenizer, c, args.new_tokens).result(),
-                           run_engine(engine_model, tokenizer, config, c, args.new_tokens, torch_thread)):
-                results.append(result)
-                print(json.dumps(result.summary()), flush=True)
-        del model, engine_model
+    if not args.skip_engine:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
+            config = EngineConfig.from_parameters(params)
+            # The ceiling is plain transformers; the engine gets the model as the backend loads it.
+            model, tokenizer = torch_thread.submit(
+                load_model, dataclasses.replace(config, pack_cpu_weights=False)).result()
+            engine_model = torch_thread.submit(_as_backend_loads, model, config).result()
+            if args.workload == "short":
+                torch_thread.submit(run_ceiling, model, tokenizer, 2, 4).result()  # warm-up: allocations, kernels
+            run_engine(engine_model, tokenizer, config, 2, 4, torch_thread)
+            for c in args.concurrency:
+                runs = [lambda: run_engine(engine_model, tokenizer, config, c, args.new_tokens, torch_thread,
+                                           args.workload)]
+                if args.workload == "short":
+                    runs.insert(0, lambda: torch_thread.submit(run_ceiling, model, tokenizer, c,
+                                                               args.new_tokens).result())
+                for run in runs:
+                    result = run()
+                    results.append(result)
+                    print(json.dumps(result.summary()), flush=True)
+            del model, engine_model
     if not args.skip_e2e:
-        for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads):
+        for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads,
+                              workload=args.workload):
+            if args.label:
+                result.mode = args.label
             results.append(result)
             print(json.dumps(result.summary()), flush=True)
-    results.sort(key=lambda r: (r.concurrency, ["ceiling", "engine", "e2e"].index(r.mode)))
+    return _report(results, args)
+
+
+def _report(results: list[Result], args: argparse.Namespace) -> int:
+    order = ["ceiling", "engine", "e2e"]
+    results.sort(key=lambda r: (r.concurrency, order.index(r.mode) if r.mode in order else len(order)))
     table = _table(results)
     print(table)
     if args.output:

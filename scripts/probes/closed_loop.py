@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from _common import ROOT, load_default_model  # noqa: F401 - sets sys.path
 
-from chatllm_engine import batch as B
 from chatllm_engine import engine as E
 from chatllm_engine.config import EngineConfig
 from chatllm_engine.types import GenerationRequest, SamplingParams
@@ -42,8 +41,8 @@ def timed(owner: Any, name: str) -> None:
 
 
 model, tokenizer = load_default_model()
-for owner, name in ((E, "decode"), (E, "prefill"), (B.KVBatch, "filter"), (B.KVBatch, "concatenate"),
-                    (B, "_grown"), (E.LLMEngine, "step")):
+for owner, name in ((E, "forward_step"), (E.LLMEngine, "_plan"), (E.LLMEngine, "_sample_and_emit"),
+                    (E.LLMEngine, "step")):
     timed(owner, name)
 config = EngineConfig.from_parameters(model_parameters(ROOT / "model_repository" / "smollm2-135m-instruct"
                                                        / "config.pbtxt"))

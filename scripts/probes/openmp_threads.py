@@ -15,7 +15,7 @@ import time
 
 from _common import chat_prompts, load_default_model
 
-from chatllm_engine import batch as B
+import _steps as B
 
 model, tokenizer = load_default_model()
 prompts = chat_prompts(tokenizer, 16)
@@ -26,7 +26,7 @@ def step_ms(steps: int = 30) -> float:
     batch, logits = B.prefill(model, prompts)
     start = time.perf_counter()
     for _ in range(steps):
-        batch, logits = B.decode(model, batch, logits.argmax(-1).tolist(), 1 << 20)
+        batch, logits = B.decode(model, batch, logits.argmax(-1).tolist())
     return (time.perf_counter() - start) / steps * 1000
 
 

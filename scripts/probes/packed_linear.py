@@ -17,7 +17,7 @@ from typing import Any
 
 from _common import chat_prompts, load_default_model
 
-from chatllm_engine import batch as B
+import _steps as B
 from chatllm_engine.packed_linear import pack_linear_layers
 from chatllm_engine.prefix_cache import _common_prefix_length
 
@@ -47,11 +47,11 @@ def measure(model: Any) -> dict[str, float]:
     shared, _ = B.prefill(model, [prompts[0][:shared_len]])
     out = {}
     for n in (1, 9):
-        out[f"prefill {n}"] = best_ms(lambda: B.prefill(model, [p[shared_len:] for p in prompts[:n]], shared.kv), 4)
+        out[f"prefill {n}"] = best_ms(lambda: B.prefill(model, [p[shared_len:] for p in prompts[:n]], shared), 4)
     for n in (1, 16, 64):
         batch, logits = B.prefill(model, prompts[:n])
         tokens = logits.argmax(-1).tolist()
-        out[f"decode {n}"] = best_ms(lambda: B.decode(model, batch, tokens, 1 << 20), 6)
+        out[f"decode {n}"] = best_ms(lambda: B.decode(model, batch, tokens), 6)
     return out
 
 
@@ -60,7 +60,7 @@ def greedy_tokens(model: Any) -> list[list[int]]:
     steps = []
     for _ in range(24):
         steps.append(logits.argmax(-1).tolist())
-        batch, logits = B.decode(model, batch, steps[-1], 1 << 20)
+        batch, logits = B.decode(model, batch, steps[-1])
     return steps
 
 

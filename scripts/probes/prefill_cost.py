@@ -10,7 +10,7 @@ import time
 
 from _common import chat_prompts, load_default_model
 
-from chatllm_engine import batch as B
+import _steps as B
 from chatllm_engine.prefix_cache import _common_prefix_length
 
 model, tokenizer = load_default_model()
@@ -20,7 +20,7 @@ print("prompt tokens", [len(p) for p in prompts], "shared prefix", shared_len)
 shared, _ = B.prefill(model, [prompts[0][:shared_len]])
 for n in (1, 2, 4, 8, 16):
     start = time.perf_counter()
-    B.prefill(model, [p[shared_len:] for p in prompts[:n]], shared.kv)
+    B.prefill(model, [p[shared_len:] for p in prompts[:n]], shared)
     cached = time.perf_counter() - start
     start = time.perf_counter()
     B.prefill(model, prompts[:n])
@@ -30,7 +30,7 @@ for n in (1, 4, 16):
     batch, logits = B.prefill(model, prompts[:n])
     start = time.perf_counter()
     for _ in range(10):
-        batch, logits = B.decode(model, batch, logits.argmax(-1).tolist(), 1 << 20)
+        batch, logits = B.decode(model, batch, logits.argmax(-1).tolist())
     print(f"decode batch {n:2d}: {(time.perf_counter() - start) / 10 * 1000:.0f} ms per step")
 import torch  # noqa: E402 - the peak fp32 matmul rate of this machine, for comparison
 

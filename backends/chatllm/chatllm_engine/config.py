@@ -38,7 +38,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_queue_size: int = 256
     kv_cache_tokens: int = 32768
-    max_prefill_tokens: int = 512  # tokens one prefill pass computes (bounds stalls of running rows)
+    max_num_batched_tokens: int = 512  # tokens one forward step computes: decoding rows + prompt chunks
     enable_prefix_caching: bool = True
     prefix_cache_tokens: int = 4096
     max_model_len: int = 0  # 0: the model's max_position_embeddings
@@ -98,7 +98,7 @@ class EngineConfig:
             max_num_seqs=get("max_num_seqs", int, 64, lambda v: v >= 1, ">= 1"),
             max_queue_size=get("max_queue_size", int, 256, lambda v: v >= 0, ">= 0"),
             kv_cache_tokens=get("kv_cache_tokens", int, 32768, lambda v: v >= 16, ">= 16"),
-            max_prefill_tokens=get("max_prefill_tokens", int, 512, lambda v: v >= 1, ">= 1"),
+            max_num_batched_tokens=get("max_num_batched_tokens", int, 512, lambda v: v >= 1, ">= 1"),
             enable_prefix_caching=get("enable_prefix_caching", _parse_bool, True),
             prefix_cache_tokens=get("prefix_cache_tokens", int, 4096, lambda v: v >= 0, ">= 0"),
             max_model_len=get("max_model_len", int, 0, lambda v: v >= 0, ">= 0"),

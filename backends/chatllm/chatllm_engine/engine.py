@@ -1,10 +1,13 @@
-"""The continuous-batching generation engine: iteration-level scheduling over one KVBatch.
+"""The continuous-batching generation engine: iteration-level scheduling, one packed forward per step.
 
-Each `step()`: drop aborted sequences, admit waiting ones (prefilled together in one pass
-and appended to the running batch), preempt the newest rows if the KV budget would be
-exceeded, run one decode step for every row, sample, emit text, and drop finished rows.
-A step that admitted newcomers skips its decode, unless the step before skipped it too:
-time to first token comes first, and running streams stall for at most one prefill pass.
+Each `step()`: drop aborted sequences (their KV frees at once), admit waiting ones whose
+context fits the KV budget (kv_cache.py; a cached prompt prefix is copied in, not
+recomputed), plan the step's tokens under `max_num_batched_tokens` (scheduler.plan_tokens:
+each decoding row's next token plus chunks of the prompts being prefilled), preempt the
+newest rows if the budget cannot hold them, run all those tokens in one forward pass
+(packed_forward.py), sample for the rows that reached the end of their context, emit text,
+and drop finished rows. A long prompt is prefilled over several steps while the running
+streams keep decoding in the same passes.
 Callers on other threads use `add_request` and `abort`; one engine thread calls `step()`
 (via `run`).
 """
@@ -20,16 +23,21 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .batch import KVBatch, decode, prefill
 from .config import EngineConfig
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
 from .sampling import MAX_LOGPROBS, SequenceSampler, sample_next_tokens, token_logprobs
-from .prefix_cache import PrefixCache, PrefillGroup, row_prefix_kv
-from .scheduler import FcfsScheduler
+from .kv_cache import KVCache, SequenceKV
+from .packed_forward import Segment, StepLayout, forward_step, use_packed_attention
+from .prefix_cache import PrefixCache
+from .scheduler import FcfsScheduler, plan_tokens
 from .text import IncrementalDetokenizer, StopStringMatcher
 from .types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 logger = logging.getLogger(__name__)
+
+# Room (tokens) the budget must keep beside a newcomer while other rows run, so that an
+# admission does not force a preemption a few steps later.
+ADMISSION_HEADROOM = 16
 
 EventSink = Callable[[TokenEvent | EngineError], None]
 
@@ -66,6 +74,13 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # only when asked for
     next_token: int | None = None  # sampled, not yet fed to the model
+    tokens: list[int] = field(default_factory=list)  # prompt + output: the context
+    kv: SequenceKV | None = None  # while running
+    prompt_done: bool = False  # the prompt's KV is complete (offered to the prefix cache)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
 
     @property
     def request_id(self) -> str:
@@ -106,15 +121,14 @@ class LLMEngine:
         self._generator.manual_seed(config.seed)
         # _lock guards _scheduler, _aborted, _stopped: shared with add_request/abort callers.
         self._lock = threading.Condition()
-        self._scheduler: FcfsScheduler[Sequence] = FcfsScheduler(
-            config.max_num_seqs, config.max_queue_size, config.kv_cache_tokens, config.max_prefill_tokens)
+        self._scheduler: FcfsScheduler[Sequence] = FcfsScheduler(config.max_num_seqs, config.max_queue_size)
         self._aborted: set[str] = set()
         self._stopped = False
         self._num_running = 0  # mirror of len(self._running) for add_request
         # Engine-thread state only.
-        self._running: list[Sequence] = []
-        self._batch: KVBatch | None = None
-        self._skipped_decode = False  # the last step prefilled newcomers and did not decode
+        self._running: list[Sequence] = []  # in admission order
+        self._kv = _kv_cache_for(model, config.kv_cache_tokens)
+        use_packed_attention(model)
         self._prefixes = PrefixCache(config.prefix_cache_tokens) if config.enable_prefix_caching else None
 
     # ---- caller side -------------------------------------------------------------------
@@ -194,7 +208,7 @@ class LLMEngine:
             request=request, prompt_ids=prompt_ids, max_tokens=max_tokens, stop_ids=stop_ids,
             sampler=SequenceSampler(params, prompt_ids, self._generator, self.model.device),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids),
-            stops=StopStringMatcher(params.stop), sink=sink)
+            stops=StopStringMatcher(params.stop), sink=sink, tokens=list(prompt_ids))
         return seq
 
     def abort(self, request_id: str) -> None:
@@ -230,107 +244,119 @@ class LLMEngine:
             return bool(self._running or len(self._scheduler))
 
     def step(self) -> None:
-        """One iteration: aborts, admissions (+ prefill), preemption, one decode step."""
+        """One iteration: aborts, admissions, then one packed forward over every running row's
+        next tokens (a decoding row's one token, a prefilling row's prompt chunk) and sampling
+        for the rows whose fed tokens reach the end of what they know."""
         with self._lock:
             aborted, self._aborted = self._aborted, set()
-            for seq in [e for e in list(self._waiting_items()) if e.request_id in aborted]:
+            for seq in [s for s in self._scheduler.items() if s.request_id in aborted]:
                 self._scheduler.remove(seq)
                 self._emit_abort(seq)
             if aborted:
-                self._drop([i for i, s in enumerate(self._running) if s.request_id in aborted], abort=True)
-            batch_len = self._batch.length if self._batch is not None else 0
-            admitted = self._scheduler.admit(len(self._running), batch_len, self._prefill_cost)
+                self._drop([s for s in self._running if s.request_id in aborted], abort=True)
+            admitted = self._scheduler.admit(len(self._running), self._reserve)
             self.stats.waiting = len(self._scheduler)
-        if admitted:
-            try:
-                self._prefill(admitted)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on a long prompt
-                # The running batch is untouched; only the sequences being admitted fail.
-                logger.exception("prefill of %d sequence(s) failed", len(admitted))
-                error = EngineDead(f"prefill failed: {exc}")
-                for seq in admitted:
-                    if not any(seq is r for r in self._running):
-                        self._emit(seq, error)
+        self._running.extend(admitted)
+        self.stats.prefills += len(admitted)
         if not self._running:
             self._update_stats()
             return
-        if admitted and not self._skipped_decode:
-            # Prefill first: while newcomers arrive, they get their first token a decode pass
-            # sooner; the running rows wait at most one such step (the next one decodes).
-            self._skipped_decode = True
+        plan = self._plan()
+        if not plan:
             self._update_stats()
             return
-        self._skipped_decode = False
-        self._preempt_if_needed()
-        assert self._batch is not None
-        tokens = [s.next_token for s in self._running]
-        max_capacity = self.config.kv_cache_tokens // len(self._running)
-        self._batch, logits = decode(self.model, self._batch, tokens, max_capacity)  # type: ignore[arg-type]
+        ids: list[int] = []
+        positions: list[int] = []
+        segments: list[Segment] = []
+        sample_at: list[int] = []
+        sampled: list[Sequence] = []
+        for seq, count in plan:
+            kv = seq.kv
+            assert kv is not None
+            start, past = len(ids), kv.length
+            ids.extend(seq.tokens[past:past + count])
+            positions.extend(range(past, past + count))
+            segments.append(Segment(kv, start, len(ids), past))
+            if past + count == seq.num_tokens:
+                sample_at.append(len(ids) - 1)
+                sampled.append(seq)
+        logits = forward_step(self.model, ids, positions, StepLayout(tuple(segments)), sample_at)
         self.stats.steps += 1
-        self.stats.max_batch_size = max(self.stats.max_batch_size, len(self._running))
+        self.stats.max_batch_size = max(self.stats.max_batch_size, len(plan))
+        for seq in sampled:
+            if seq.prompt_done is False:
+                seq.prompt_done = True
+                self._cache_prefix(seq)
         self._update_stats()
-        self._sample_and_emit(self._running, logits)
+        if sampled:
+            self._sample_and_emit(sampled, logits)
 
-    def _prefill_cost(self, seq: Sequence) -> int:
-        """Tokens a prefill of `seq` computes: its prompt (and output so far) less a cached prefix."""
-        tokens = seq.prompt_ids + seq.output_ids
-        return len(tokens) - (self._prefixes.cached_length(tokens) if self._prefixes is not None else 0)
+    def _reserve(self, seq: Sequence) -> bool:
+        """Allocate `seq`'s KV (its whole context, starting from a cached prefix if any);
+        False when the budget has no room for it now (then it stays queued)."""
+        cached, prefix_kv = self._prefixes.lookup(seq.tokens) if self._prefixes is not None else (0, None)
+        headroom = ADMISSION_HEADROOM if self._running else 0
+        if seq.num_tokens + 1 + headroom > self._kv.free_tokens:
+            return False
+        kv = self._kv.allocate(seq.num_tokens + 1)
+        if kv is None:
+            return False
+        if prefix_kv is not None:
+            kv.buffer[:, :, :, :cached] = prefix_kv
+            kv.length = cached
+            assert self._prefixes is not None
+            self._prefixes.hits += 1
+        seq.kv = kv
+        seq.prompt_done = False
+        return True
 
-    def _waiting_items(self) -> list[Sequence]:
-        return [w.item for w in self._scheduler._waiting]  # noqa: SLF001 - same package
+    def _plan(self) -> list[tuple[Sequence, int]]:
+        """This step's (sequence, tokens to feed), with the KV for them reserved; rows that no
+        longer fit the budget are preempted (newest first) back to the queue."""
+        while True:
+            pending = [s.num_tokens - s.kv.length for s in self._running]  # type: ignore[union-attr]
+            counts = plan_tokens(pending, self.config.max_num_batched_tokens)
+            plan = [(s, c) for s, c in zip(self._running, counts) if c > 0]
+            short = next((s for s, c in plan if not self._kv.ensure(s.kv, s.kv.length + c)), None)  # type: ignore[union-attr]
+            if short is None:
+                return plan
+            self._preempt(self._running[-1])
+            if not self._running:
+                return []
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        """Prefill newly admitted sequences (sharing cached prefixes) and append them."""
-        prompts = [s.prompt_ids + s.output_ids for s in seqs]
-        groups = self._prefixes.plan(prompts) if self._prefixes is not None else [
-            PrefillGroup(tuple(range(len(seqs))))]
-        for group in groups:
-            batch, logits = self._prefill_group(group, [prompts[i] for i in group.indices])
-            self.stats.prefills += 1
-            members = [seqs[i] for i in group.indices]
-            self._batch = batch if self._batch is None else KVBatch.concatenate([self._batch, batch])
-            self._running.extend(members)
-            self._update_stats()
-            self._sample_and_emit(members, logits, offset=len(self._running) - len(members))
+    def _preempt(self, victim: Sequence) -> None:
+        """Free a row's KV and put it back at the head of the queue (it recomputes later)."""
+        self._running.remove(victim)
+        self._release(victim)
+        self.stats.preemptions += 1
+        with self._lock:
+            self._scheduler.requeue_front(victim, victim.num_tokens)
+        logger.info("preempted %s to stay within kv_cache_tokens", victim.request_id)
 
-    def _prefill_group(self, group: PrefillGroup, prompts: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
-        if not group.prefix:
-            batch, logits = prefill(self.model, prompts)
-            first = prompts[0]
-            if self._prefixes is not None and len(first) > 1:  # later requests may share its start
-                self._prefixes.add(tuple(first[:-1]), row_prefix_kv(
-                    batch.kv, 0, batch.length - len(first), len(first) - 1))
-            return batch, logits
-        assert self._prefixes is not None
-        if not group.cached:
-            shared, _ = prefill(self.model, [list(group.prefix)])
-            self._prefixes.add(group.prefix, shared.kv)
-        prefix_kv = self._prefixes.get(group.prefix)
-        return prefill(self.model, [p[len(group.prefix):] for p in prompts], prefix_kv)
+    def _release(self, seq: Sequence) -> None:
+        if seq.kv is not None:
+            self._kv.free(seq.kv)
+            seq.kv = None
 
-    def _preempt_if_needed(self) -> None:
-        """Move the newest rows back to the queue until the next step fits the budget."""
-        assert self._batch is not None
-        while self._scheduler.must_preempt(len(self._running), self._batch.length):
-            victim = self._running[-1]
-            self._batch = self._batch.filter(list(range(len(self._running) - 1)))
-            self._running.pop()
-            self.stats.preemptions += 1
-            with self._lock:
-                self._scheduler.requeue_front(victim, len(victim.prompt_ids) + len(victim.output_ids))
-            logger.info("preempted %s to stay within kv_cache_tokens", victim.request_id)
+    def _cache_prefix(self, seq: Sequence) -> None:
+        """Offer the prompt's KV to the prefix cache (a copy: the row's buffer lives on)."""
+        if self._prefixes is None or seq.kv is None:
+            return
+        n = len(seq.prompt_ids) - 1
+        if self._prefixes.min_prefix <= n <= self._prefixes.max_tokens:
+            self._prefixes.add(tuple(seq.prompt_ids[:n]), seq.kv.buffer[:, :, :, :n].clone())
 
-    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor, offset: int = 0) -> None:
+    def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Sample one token for each of `seqs` (rows of logits), emit text, retire finished."""
         suppress = [sorted(s.stop_ids) if len(s.output_ids) < s.request.sampling.min_tokens else []
                     for s in seqs]
         tokens = sample_next_tokens(logits, [s.sampler for s in seqs], suppress)
         logprobs = self._logprobs(seqs, logits, tokens)
-        finished: list[int] = []
+        finished: list[Sequence] = []
         for row, (seq, token) in enumerate(zip(seqs, tokens)):
             reason = self._advance(seq, token, logprobs.get(row))
             if reason is not None:
-                finished.append(offset + row)
+                finished.append(seq)
         self.stats.output_tokens += len(seqs)
         if finished:
             self._drop(finished, abort=False)
@@ -348,6 +374,7 @@ class LLMEngine:
         """Append a token to `seq`, emit due text; returns the finish reason if it ended."""
         seq.sampler.record(token)
         seq.output_ids.append(token)
+        seq.tokens.append(token)
         seq.next_token = token
         seq.pending_ids.append(token)
         reason: FinishReason | None = None
@@ -374,15 +401,14 @@ class LLMEngine:
                 seq.pending_logprobs = []
         return reason
 
-    def _drop(self, rows: list[int], abort: bool) -> None:
-        """Remove `rows` from the running batch at once (their KV slots free now)."""
-        gone = set(rows)
-        if abort:
-            for i in sorted(gone):
-                self._emit_abort(self._running[i])
-        keep = [i for i in range(len(self._running)) if i not in gone]
-        self._running = [self._running[i] for i in keep]
-        self._batch = self._batch.filter(keep) if keep and self._batch is not None else None
+    def _drop(self, seqs: list[Sequence], abort: bool) -> None:
+        """Remove `seqs` from the running rows; their KV frees now."""
+        gone = {id(s) for s in seqs}
+        for seq in seqs:
+            if abort:
+                self._emit_abort(seq)
+            self._release(seq)
+        self._running = [s for s in self._running if id(s) not in gone]
         self._update_stats()
 
     def _emit(self, seq: Sequence, event: TokenEvent | EngineError) -> None:
@@ -397,16 +423,17 @@ class LLMEngine:
 
     def _fail_all(self, error: EngineError) -> None:
         with self._lock:
-            waiting = self._waiting_items()
+            waiting = self._scheduler.items()
             for seq in waiting:
                 self._scheduler.remove(seq)
         for seq in self._running + waiting:
+            self._release(seq)
             self._emit(seq, error)
-        self._running, self._batch = [], None
+        self._running = []
         self._update_stats()
 
     def _update_stats(self) -> None:
-        slots = self._batch.slots if self._batch is not None else 0
+        slots = self._kv.used_tokens
         self.stats.kv_slots = slots
         self.stats.peak_kv_slots = max(self.stats.peak_kv_slots, slots)
         self.stats.running = len(self._running)
@@ -422,3 +449,12 @@ class LLMEngine:
             elif isinstance(eos, (list, tuple)):
                 ids.update(int(e) for e in eos)
         return frozenset(ids)
+
+
+def _kv_cache_for(model: PreTrainedModel, budget_tokens: int) -> KVCache:
+    cfg = model.config
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    param = next(model.parameters())
+    return KVCache(int(cfg.num_hidden_layers), kv_heads, head_dim, param.dtype, param.device, budget_tokens)

@@ -32,11 +32,27 @@ def resolve_model_path(model_path: str) -> str:
     return str(folder / sub) if sub else str(folder)
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so oneDNN runs bf16
+    matmuls at full speed instead of emulating them."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """`auto`: bf16 on GPUs and on CPUs that compute it natively, fp32 elsewhere."""
     if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device == "cpu" and cpu_has_native_bf16() else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 

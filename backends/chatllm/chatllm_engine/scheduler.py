@@ -1,8 +1,14 @@
-"""First-come-first-served admission under a sequence cap and a KV-cache budget.
+"""Admission (first come, first served) and the token plan of each step.
 
-Policy only: the scheduler sees sequence ids and token counts, never tensors. The budget
-counts KV slots of the left-padded batch (rows x padded length), which is what memory the
-batch really holds.
+Policy only: the scheduler sees items and token counts, never tensors.
+
+- `FcfsScheduler` holds the waiting queue; `admit` pops, in arrival order, the requests that
+  fit beside the running ones: under `max_num_seqs`, and with their context's KV within the
+  budget (the engine's `fits` callback allocates it).
+- `plan_tokens` splits one step's token budget (`max_num_batched_tokens`): every decoding row
+  feeds its one token, and prefilling rows share what is left. The shortest remaining prompt
+  goes first (so a short prompt is not stuck behind a long one), and the oldest prefilling
+  row always gets a quarter of what is left (so a long prompt is never starved).
 """
 
 from __future__ import annotations
@@ -15,9 +21,7 @@ from .errors import EngineOverloaded
 
 S = TypeVar("S")
 
-# Room (tokens per row) a batch must have left after an admission, so that a newcomer does
-# not force a preemption a few steps later.
-ADMISSION_HEADROOM = 16
+OLDEST_SHARE = 4  # the oldest prefilling row gets at least 1/OLDEST_SHARE of the prefill budget
 
 
 @dataclass(frozen=True)
@@ -29,16 +33,16 @@ class Waiting(Generic[S]):
 class FcfsScheduler(Generic[S]):
     """Waiting queue + admission. Not thread-safe: the engine calls it under its lock."""
 
-    def __init__(self, max_num_seqs: int, max_queue_size: int, kv_cache_tokens: int,
-                 max_prefill_tokens: int | None = None) -> None:
+    def __init__(self, max_num_seqs: int, max_queue_size: int) -> None:
         self.max_num_seqs = max_num_seqs
-        self.max_prefill_tokens = max_prefill_tokens
         self.max_queue_size = max_queue_size
-        self.kv_cache_tokens = kv_cache_tokens
         self._waiting: deque[Waiting[S]] = deque()
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    def items(self) -> list[S]:
+        return [w.item for w in self._waiting]
 
     def enqueue(self, item: S, num_tokens: int, running: int) -> None:
         """Queue a new request; raises EngineOverloaded when the queue is full.
@@ -63,29 +67,39 @@ class FcfsScheduler(Generic[S]):
                 return True
         return False
 
-    def admit(self, running: int, padded_length: int, prefill_cost: Callable[[S], int] | None = None) -> list[S]:
-        """Pop, in order, the waiting sequences that fit beside `running` rows of `padded_length`.
+    def admit(self, running: int, fits: Callable[[S], bool]) -> list[S]:
+        """Pop, in order, the waiting items that fit beside `running` rows.
 
-        Fits: under max_num_seqs, and rows x (padded length + 1 + headroom) within the budget
-        (an empty batch only needs room for the next token); at most max_prefill_tokens
-        tokens to compute in all (`prefill_cost`, default: every token), but always at least
-        one sequence.
+        `fits(item)` reserves the item's KV and says whether that worked; admission stops at
+        the first item that does not fit (first come, first served) or at max_num_seqs.
         """
         admitted: list[S] = []
-        rows, length, prefill_tokens = running, padded_length, 0
-        while self._waiting and rows < self.max_num_seqs:
-            head = self._waiting[0]
-            cost = prefill_cost(head.item) if prefill_cost is not None else head.num_tokens
-            if admitted and self.max_prefill_tokens and prefill_tokens + cost > self.max_prefill_tokens:
-                break
-            new_length = max(length, head.num_tokens)
-            headroom = ADMISSION_HEADROOM if rows else 0
-            if (rows + 1) * (new_length + 1 + headroom) > self.kv_cache_tokens:
+        while self._waiting and running + len(admitted) < self.max_num_seqs:
+            if not fits(self._waiting[0].item):
                 break
             admitted.append(self._waiting.popleft().item)
-            rows, length, prefill_tokens = rows + 1, new_length, prefill_tokens + cost
         return admitted
 
-    def must_preempt(self, rows: int, padded_length: int) -> bool:
-        """True when the next decode step would push the batch over the KV budget."""
-        return rows > 1 and rows * (padded_length + 1) > self.kv_cache_tokens
+
+def plan_tokens(pending: list[int], budget: int) -> list[int]:
+    """Tokens each row feeds this step, given each row's `pending` tokens (in admission order).
+
+    Rows with one pending token (decoding) always feed it. The rest of `budget` goes to the
+    prefilling rows (pending > 1), at least 1/OLDEST_SHARE of `budget` however many rows
+    decode: first that share to the oldest, then the shortest remaining first.
+    """
+    plan = [1 if p == 1 else 0 for p in pending]
+    left = budget - sum(plan)
+    prefilling = [i for i, p in enumerate(pending) if p > 1]
+    if not prefilling:
+        return plan
+    left = max(left, budget // OLDEST_SHARE, 1)  # prefill progresses even behind many decoding rows
+    oldest = prefilling[0]
+    plan[oldest] = min(pending[oldest], max(1, left // OLDEST_SHARE)) if left > 0 else 0
+    left -= plan[oldest]
+    for i in sorted(prefilling, key=lambda i: pending[i] - plan[i]):
+        extra = min(pending[i] - plan[i], left)
+        if extra > 0:
+            plan[i] += extra
+            left -= extra
+    return plan

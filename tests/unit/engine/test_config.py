@@ -163,3 +163,12 @@ def test_config_is_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.max_num_seqs = 1  # type: ignore[misc]
+
+
+def test_auto_dtype_is_bf16_only_on_cpus_that_compute_it_natively() -> None:
+    from chatllm_engine.loader import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f\n")
+    assert not cpu_has_native_bf16("")

@@ -26,7 +26,7 @@ def test_a_burst_stays_within_the_kv_budget_and_every_request_completes(
     seen_slots: list[int] = []
 
     def within_budget(e: LLMEngine) -> None:
-        slots = e._batch.slots if e._batch is not None else 0  # noqa: SLF001
+        slots = sum(s.kv.capacity for s in e._running if s.kv is not None)  # noqa: SLF001
         seen_slots.append(slots)
         assert slots <= BUDGET
         assert e.stats.kv_slots == slots
@@ -77,3 +77,27 @@ def test_requests_are_admitted_first_come_first_served(tiny_model: PreTrainedMod
     drain(engine, after_step=record)
 
     assert [s for s in first_tokens if s] == [{"r0", "r1"}, {"r2", "r3"}, {"r4", "r5"}]
+
+
+def test_a_burst_of_long_prompts_stays_within_the_kv_budget(
+        tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    budget = 700
+    engine = make_engine(tiny_model, tiny_tokenizer, kv_cache_tokens=budget, max_num_batched_tokens=48)
+    out = Collector()
+    plan = {f"r{i:02d}": " ".join(PROMPTS[i % 8:] + PROMPTS[:i % 8]) * (1 + i % 3) for i in range(12)}
+    assert max(len(tiny_tokenizer(p).input_ids) for p in plan.values()) > budget // 4
+    for rid, prompt in plan.items():
+        add(engine, out, rid, prompt, greedy(16, ignore_eos=True))
+    held: list[int] = []
+
+    def within_budget(e: LLMEngine) -> None:
+        held.append(e.stats.kv_slots)
+        assert e.stats.kv_slots == sum(s.kv.capacity for s in e._running if s.kv is not None)  # noqa: SLF001
+        assert e.stats.kv_slots <= budget
+
+    drain(engine, after_step=within_budget)
+
+    assert max(held) > budget // 2
+    for rid, prompt in plan.items():
+        assert out.tokens(rid) == reference_greedy(tiny_model, tiny_tokenizer, prompt, 16, stop_at_eos=False), rid
+    assert engine.stats.kv_slots == 0

@@ -141,7 +141,7 @@ def test_a_failing_decode_step_fails_the_batch_and_the_engine_keeps_serving(
         running_engine: tuple[LLMEngine, threading.Thread], monkeypatch: pytest.MonkeyPatch) -> None:
     engine, _ = running_engine
     failed = threading.Event()
-    monkeypatch.setattr(engine_module, "decode", failing_once(engine_module.decode, failed))
+    monkeypatch.setattr(engine_module, "forward_step", failing_once(engine_module.forward_step, failed))
     out = WaitableCollector()
 
     add(engine, out, "victim", PROMPTS[0], greedy(50, ignore_eos=True))
@@ -161,7 +161,7 @@ def test_a_failing_prefill_fails_the_requests_being_admitted(
         running_engine: tuple[LLMEngine, threading.Thread], monkeypatch: pytest.MonkeyPatch) -> None:
     engine, thread = running_engine
     failed = threading.Event()
-    monkeypatch.setattr(engine_module, "prefill", failing_once(engine_module.prefill, failed))
+    monkeypatch.setattr(engine_module, "forward_step", failing_once(engine_module.forward_step, failed))
     out = WaitableCollector()
 
     add(engine, out, "admitted", PROMPTS[0], greedy(5))

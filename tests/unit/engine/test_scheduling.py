@@ -1,11 +1,12 @@
-"""Admission order inside a step: shared prompt prefixes, the prefill budget, prefill first."""
+"""Prompts sharing a prefix: computed once, then taken from the prefix cache."""
 
 from __future__ import annotations
 
+import pytest
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from chatllm_engine.prefix_cache import PrefixCache
-from chatllm_engine.scheduler import FcfsScheduler
+from chatllm_engine import engine as engine_module
 
 from .support import Collector, add, drain, greedy, make_engine, reference_greedy
 
@@ -35,53 +36,27 @@ def test_prompts_sharing_a_prefix_generate_what_generate_does(
         assert out.tokens(rid) == reference_greedy(tiny_model, tiny_tokenizer, prompt, 8), rid
 
 
-def test_the_prefill_budget_counts_only_tokens_the_prefix_cache_does_not_hold(
-        tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase) -> None:
-    prompts = [tiny_tokenizer(SYSTEM + q).input_ids for q in QUESTIONS[:4]]
-    cached = PrefixCache(4096)
-    cached.add(tuple(prompts[0][:-1]), [])  # what prefilling the first prompt alone caches
-    uncached = [len(p) - cached.cached_length(p) for p in prompts[1:]]
-    budget = uncached[0] + uncached[1]  # two newcomers fit, the third does not, nor one whole prompt
-    assert budget < min(len(p) for p in prompts) and uncached[2] > 0
-    engine = make_engine(tiny_model, tiny_tokenizer, max_prefill_tokens=budget)
+def test_a_cached_prefix_is_not_computed_again(
+        tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fed: list[int] = []
+    real = engine_module.forward_step
+
+    def counting(model: PreTrainedModel, ids: list[int], *args: object, **kwargs: object) -> torch.Tensor:
+        fed.append(len(ids))
+        return real(model, ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_module, "forward_step", counting)
+    engine = make_engine(tiny_model, tiny_tokenizer)
     out = Collector()
-    add(engine, out, "first", SYSTEM + QUESTIONS[0], greedy(20, ignore_eos=True))
-    engine.step()
-    for i, question in enumerate(QUESTIONS[1:4]):
-        add(engine, out, f"r{i}", SYSTEM + question, greedy(20, ignore_eos=True))
-    engine.step()
+    first, second = SYSTEM + QUESTIONS[0], SYSTEM + QUESTIONS[1]
+    add(engine, out, "first", first, greedy(1))
+    drain(engine)
+    fed.clear()
+    shared = engine._prefixes.cached_length(tiny_tokenizer(second).input_ids)  # noqa: SLF001
+    add(engine, out, "second", second, greedy(1))
+    drain(engine)
 
-    assert engine.stats.running == 3, "two newcomers whose uncached tokens fit the budget"
-    assert engine.stats.waiting == 1
-
-
-def test_newcomers_are_prefilled_before_running_rows_decode_but_those_wait_one_step_at_most(
-        tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase) -> None:
-    engine = make_engine(tiny_model, tiny_tokenizer, max_num_seqs=64)
-    out = Collector()
-    add(engine, out, "running", "Hello world", greedy(40, ignore_eos=True))
-    engine.step()
-    engine.step()
-    before = len(out.tokens("running"))
-
-    add(engine, out, "new0", "thank you", greedy(40, ignore_eos=True))
-    engine.step()
-    assert len(out.tokens("new0")) == 1, "the newcomer has its first token"
-    assert len(out.tokens("running")) == before, "the running row skipped this step's decode"
-
-    progress = []
-    for i in range(1, 7):  # a newcomer before every step: the running row still advances
-        add(engine, out, f"new{i}", "I am fine", greedy(40, ignore_eos=True))
-        engine.step()
-        progress.append(len(out.tokens("running")))
-    assert progress == [before + 1, before + 1, before + 2, before + 2, before + 3, before + 3]
-
-
-def test_admission_stops_at_the_prefill_budget_but_always_takes_one() -> None:
-    scheduler: FcfsScheduler[str] = FcfsScheduler(
-        max_num_seqs=8, max_queue_size=8, kv_cache_tokens=10_000, max_prefill_tokens=100)
-    for name, tokens in (("a", 300), ("b", 40), ("c", 40), ("d", 40)):
-        scheduler.enqueue(name, tokens, running=0)
-    assert scheduler.admit(0, 0) == ["a"]
-    assert scheduler.admit(1, 300, prefill_cost=lambda item: 60) == ["b"]
-    assert scheduler.admit(2, 300, prefill_cost=lambda item: 50) == ["c", "d"]
+    assert shared >= 16
+    assert fed == [len(tiny_tokenizer(second).input_ids) - shared], "only the uncached tail ran"
+    assert out.tokens("second") == reference_greedy(tiny_model, tiny_tokenizer, second, 1)

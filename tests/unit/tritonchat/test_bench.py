@@ -14,7 +14,7 @@ from tritonchat import bench
 def test_ceiling_and_engine_generate_exactly_the_asked_tokens_per_request() -> None:
     tokenizer = build_tokenizer()
     model = build_model(len(tokenizer))
-    config = EngineConfig.from_parameters({"model_path": "in-memory", "max_prefill_tokens": "40"})
+    config = EngineConfig.from_parameters({"model_path": "in-memory", "max_num_batched_tokens": "40"})
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
