@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from chatllm_wire import MAX_LOGPROBS
 
 from .types import Logprob, SamplingParams, TokenLogprobs
 
-MAX_LOGPROBS = 20
-"""The most alternatives a request may ask for per position (OpenAI's `top_logprobs` limit)."""
+__all__ = ["MAX_LOGPROBS", "SequenceSampler", "sample_next_tokens", "token_logprobs"]
 
 
 class SequenceSampler:
