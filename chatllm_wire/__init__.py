@@ -285,7 +285,7 @@ def structured_output(kind: str, value: Any) -> StructuredOutput:
             check_json_schema(value)
         except WireError as exc:
             raise WireError(f"invalid JSON schema: {exc.message}", param) from None
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))  # key order kept: it is the output's
     elif kind == "json_object":
         if value not in (True, None, {}):
             raise WireError("json_object takes true", param)
