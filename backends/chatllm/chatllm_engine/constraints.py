@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 import xgrammar as xgr
 from chatllm_wire import StructuredOutput
@@ -54,6 +55,8 @@ class GrammarCache:
         self._info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids) or None)
         self._compiler = xgr.GrammarCompiler(self._info, max_threads=1, cache_enabled=False)
+        self._no_control_bytes = _bitmask_row([not any(b < 0x20 for b in token)
+                                               for token in self._info.decoded_vocab], vocab_size)
         # _lock guards _cache; callers are request-preparing threads (execute(), compile pool).
         self._lock = threading.Lock()
         self._cache: OrderedDict[StructuredOutput, xgr.CompiledGrammar] = OrderedDict()
@@ -91,8 +94,23 @@ class GrammarCache:
         raise InvalidRequest(f"unknown structured output kind {spec.kind!r}")
 
     def constraint(self, spec: StructuredOutput) -> SequenceConstraint:
-        """A fresh matcher for one sequence (compiles, or reuses the cached grammar)."""
-        return SequenceConstraint(xgr.GrammarMatcher(self.compile(spec)), self.vocab_size)
+        """A fresh matcher for one sequence (compiles, or reuses the cached grammar).
+
+        Compact JSON never needs a raw control character (below 0x20), and JSON strings
+        must not hold one; xgrammar 0.2.8 lets them into length-limited strings, so JSON
+        rows also forbid every token that contains one.
+        """
+        extra = self._no_control_bytes if spec.kind in ("json", "json_object") else None
+        return SequenceConstraint(xgr.GrammarMatcher(self.compile(spec)), self.vocab_size, extra)
+
+
+def _bitmask_row(allowed: list[bool], vocab_size: int) -> torch.Tensor:
+    """xgrammar's bitmask layout (bit j of word k: token 32k + j) of `allowed` tokens."""
+    words = (vocab_size + 31) // 32
+    bits = np.zeros(words * 32, dtype=np.uint64)
+    bits[:min(len(allowed), vocab_size)] = np.asarray(allowed[:vocab_size], dtype=np.uint64)
+    packed = (bits.reshape(words, 32) << np.arange(32, dtype=np.uint64)).sum(axis=1)
+    return torch.from_numpy(packed.astype(np.uint32).view(np.int32))
 
 
 class LazyGrammarCache:
@@ -122,13 +140,16 @@ _LABELS = {"json": "JSON schema", "json_object": "JSON object grammar", "regex":
 class SequenceConstraint:
     """The grammar state of one sequence; touched only by the engine thread."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int) -> None:
+    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int, extra: torch.Tensor | None = None) -> None:
         self._matcher = matcher
         self._vocab_size = vocab_size
+        self._extra = extra  # a bitmask row ANDed into every step's (tokens never allowed)
         self.violated = False
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self._matcher.fill_next_token_bitmask(bitmask, row)
+        if self._extra is not None:
+            bitmask[row] &= self._extra
 
     def accept(self, token_id: int) -> bool:
         """Advance by the sampled token; True when the grammar is now complete (or broken)."""
