@@ -148,16 +148,36 @@ def _llama3(text: str, names: frozenset[str]) -> tuple[str | None, list[ToolCall
     return None, calls
 
 
+def _complete_items(text: str) -> list[dict[str, Any]]:
+    """The complete `{"name", "arguments"}` objects of a JSON array, even one cut short (a
+    small model may go on listing calls until max_tokens)."""
+    decoder = json.JSONDecoder()
+    body = text.strip()
+    if not body.startswith("["):
+        return []
+    items, position = [], 1
+    while position < len(body):
+        while position < len(body) and body[position] in " \n\t,":
+            position += 1
+        if position >= len(body) or body[position] == "]":
+            break
+        try:
+            item, position = decoder.raw_decode(body, position)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(item, dict) or "name" not in item or "arguments" not in item:
+            return []
+        items.append(item)
+    return items
+
+
 def parse_tool_output(plan: ToolPlan, text: str) -> tuple[str | None, list[ToolCall]]:
     """A whole answer -> (content, tool calls). Text that is not a valid call stays content."""
     if plan.mode == "named" and plan.name is not None:
         return None, [_call(plan.name, text)]
     if plan.mode == "required":
-        try:
-            items = json.loads(text)
-            return None, [_call(i["name"], i["arguments"]) for i in items]
-        except (json.JSONDecodeError, TypeError, KeyError):
-            return text, []  # cut short (max_tokens, a stop string): not a complete call
+        calls = [_call(i["name"], i["arguments"]) for i in _complete_items(text)]
+        return (None, calls) if calls else (text, [])
     if plan.mode == "auto":
         parse = _llama3 if plan.parser == "llama3_json" else _hermes
         found = parse(text, plan.names)
@@ -167,9 +187,10 @@ def parse_tool_output(plan: ToolPlan, text: str) -> tuple[str | None, list[ToolC
 
 
 def finish_reason(plan: ToolPlan, reason: str | None, called: bool) -> str | None:
-    """OpenAI's: "tool_calls" when the model chose to call (auto, required); a forced named
-    call ends with "stop"."""
-    if called and reason == "stop" and plan.mode in ("auto", "required"):
+    """OpenAI's: "tool_calls" when the model chose to call (auto, required; also a "required"
+    list cut short after complete calls); a forced named call ends with "stop"."""
+    if called and (reason == "stop" or (reason == "length" and plan.mode == "required")) \
+            and plan.mode in ("auto", "required"):
         return "tool_calls"
     return reason
 

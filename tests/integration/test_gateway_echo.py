@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -208,3 +209,21 @@ def test_api_keys(echo_triton: TritonProcess, start_gateway: Callable[..., str])
     assert client.chat.completions.create(
         model="echo", messages=[{"role": "user", "content": "authorised"}]
     ).choices[0].message.content == "authorised"
+
+
+def test_a_tool_round_trip_with_the_openai_client(oai: openai.OpenAI) -> None:
+    """Call (a named tool: the echo model answers the arguments it is sent), tool message, answer."""
+    tools: list[Any] = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages: list[Any] = [{"role": "user", "content": '{"city": "Oslo"}'}]
+    first = oai.chat.completions.create(model="echo", messages=messages, tools=tools,
+                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    (call,) = first.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "minus three degrees"}]
+    second = oai.chat.completions.create(model="echo", messages=messages, tools=tools)
+
+    assert second.choices[0].message.content == "minus three degrees"
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls

@@ -238,14 +238,18 @@ def test_n_choices_each_get_their_own_tool_calls(client: TestClient, fake: FakeL
     assert len(ids) == 2
 
 
-def test_a_cut_short_required_answer_stays_text_with_its_finish_reason(
-        client: TestClient, fake: FakeLLMClient) -> None:
-    fake.queue(script('[{"name": "get_weather", "argu', finish="length"))
+def test_a_cut_short_required_answer_keeps_its_complete_calls(client: TestClient, fake: FakeLLMClient) -> None:
+    fake.queue(script('[{"name": "get_weather", "argu', finish="length"),
+               script('[{"name": "get_weather", "arguments": {"city": "A"}}, {"name": "get_weather", "argu',
+                      finish="length"))
 
-    choice = client.post(CHAT, json=chat(tools=[WEATHER], tool_choice="required")).json()["choices"][0]
+    nothing = client.post(CHAT, json=chat(tools=[WEATHER], tool_choice="required")).json()["choices"][0]
+    one = client.post(CHAT, json=chat(tools=[WEATHER], tool_choice="required")).json()["choices"][0]
 
-    assert choice["finish_reason"] == "length"
-    assert choice["message"]["content"] == '[{"name": "get_weather", "argu'
+    assert nothing["finish_reason"] == "length"
+    assert nothing["message"]["content"] == '[{"name": "get_weather", "argu'
+    assert one["finish_reason"] == "tool_calls"
+    assert [c["function"]["arguments"] for c in one["message"]["tool_calls"]] == ['{"city": "A"}']
 
 
 def test_backend_compile_errors_are_400(client: TestClient, fake: FakeLLMClient) -> None:
