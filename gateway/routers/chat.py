@@ -40,6 +40,7 @@ from gateway.serving import (
     usage_info,
 )
 from gateway.streaming import race_disconnect, sse_response
+from gateway.reasoning import ReasoningStream, split_reasoning
 from gateway.structured import requested_structure
 from gateway.tools import ToolCallStream, ToolPlan, finish_reason, parse_tool_output, plan_tools
 
@@ -131,13 +132,16 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     ]
     logger.info("request %s: chat on %s, n=%d", request_id, card.triton_model, body.n)
     events = merge(choices)
+    thinks = card.reasoning_parser == "think"
     if body.stream:
         first = await first_delta(request, events)
         generation = prepend(first, events)
         return sse_response(
-            sse_events(_chunks(body, plan, request_id, generation, usage), request_id, generation)
+            sse_events(
+                _chunks(body, plan, thinks, request_id, generation, usage), request_id, generation
+            )
         )
-    result = await race_disconnect(request, _collect(body, plan, request_id, events, usage))
+    result = await race_disconnect(request, _collect(body, plan, thinks, request_id, events, usage))
     return JSONResponse(result.model_dump())
 
 
@@ -157,6 +161,7 @@ def _message(message: ChatMessage) -> dict[str, Any]:
 async def _collect(
     body: ChatCompletionRequest,
     plan: ToolPlan,
+    thinks: bool,
     request_id: str,
     events: AsyncIterator[ChoiceDelta],
     usage: UsageCounter,
@@ -172,11 +177,14 @@ async def _collect(
     top = _top_count(body)
     choices = []
     for i in range(body.n):
-        content, calls = parse_tool_output(plan, "".join(texts[i]))
+        reasoning, text = split_reasoning("".join(texts[i])) if thinks else (None, "".join(texts[i]))
+        content, calls = parse_tool_output(plan, text)
         choices.append(
             ChatChoice(
                 index=i,
-                message=ChatResponseMessage(content=content, tool_calls=calls or None),
+                message=ChatResponseMessage(
+                    content=content, reasoning_content=reasoning, tool_calls=calls or None
+                ),
                 logprobs=None if top is None else chat_logprobs(tokens[i], top),
                 finish_reason=finish_reason(plan, reasons[i], bool(calls)),
             )
@@ -189,6 +197,7 @@ async def _collect(
 async def _chunks(
     body: ChatCompletionRequest,
     plan: ToolPlan,
+    thinks: bool,
     request_id: str,
     events: AsyncGenerator[ChoiceDelta, None],
     usage: UsageCounter,
@@ -212,10 +221,16 @@ async def _chunks(
         )
 
     def pieces(
-        index: int, text: str, calls: list[DeltaToolCall], tokens: Sequence[TokenLogprob]
+        index: int,
+        reasoning: str,
+        text: str,
+        calls: list[DeltaToolCall],
+        tokens: Sequence[TokenLogprob],
     ) -> list[ChatCompletionChunk]:
         logprobs = None if top is None or not tokens else chat_logprobs(tokens, top)
         out = []
+        if reasoning:
+            out.append(chunk(index, DeltaMessage(reasoning_content=reasoning)))
         if text or logprobs is not None:
             out.append(chunk(index, DeltaMessage(content=text), logprobs=logprobs))
         if calls:
@@ -223,16 +238,20 @@ async def _chunks(
         return out
 
     streams = [ToolCallStream(plan) for _ in range(body.n)]
+    thoughts = [ReasoningStream() if thinks else None for _ in range(body.n)]
     for i in range(body.n):
         yield chunk(i, DeltaMessage(role="assistant", content=""))
     async for delta in events:
-        stream = streams[delta.index]
-        text, calls = stream.feed(delta.text)
-        for item in pieces(delta.index, text, calls, delta.logprobs):
+        stream, thought = streams[delta.index], thoughts[delta.index]
+        reasoning, text = thought.feed(delta.text) if thought else ("", delta.text)
+        text, calls = stream.feed(text)
+        for item in pieces(delta.index, reasoning, text, calls, delta.logprobs):
             yield item
         if delta.finish_reason is not None:
-            text, calls = stream.finish()
-            for item in pieces(delta.index, text, calls, ()):
+            reasoning, text = thought.finish() if thought else ("", "")
+            fed, calls = stream.feed(text)
+            rest, more = stream.finish()
+            for item in pieces(delta.index, reasoning, fed + rest, calls + more, ()):
                 yield item
             reason = finish_reason(plan, delta.finish_reason, stream.called)
             yield chunk(delta.index, DeltaMessage(), reason)

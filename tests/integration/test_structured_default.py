@@ -81,7 +81,7 @@ def test_regex_and_choice_match(client: openai.OpenAI) -> None:
 def test_a_tool_round_trip_with_a_required_call(client: openai.OpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Berlin?"}]
     first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required",
-                                           temperature=0, max_tokens=60)
+                                           parallel_tool_calls=False, temperature=0, max_tokens=60)
 
     assert first.choices[0].finish_reason == "tool_calls"
     calls = first.choices[0].message.tool_calls or []
@@ -92,7 +92,7 @@ def test_a_tool_round_trip_with_a_required_call(client: openai.OpenAI) -> None:
     messages += [first.choices[0].message.model_dump(exclude_none=True)]
     messages += [{"role": "tool", "tool_call_id": c.id, "content": "12 degrees, light rain"} for c in calls]
     answer = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], temperature=0,
-                                            max_tokens=40)
+                                            max_tokens=24)
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
 
@@ -111,7 +111,7 @@ def test_what_only_the_engine_can_refuse_is_a_400_and_the_server_stays_up(
 
 
 def test_a_chinese_stream_cut_mid_character_ends_cleanly(client: openai.OpenAI) -> None:
-    for max_tokens in (24, 25, 26):
+    for max_tokens in (24, 25):
         chunks = list(client.completions.create(model=MODEL, prompt="你好，世界！今天天气很好，我们去公园散步吧。",
                                                 max_tokens=max_tokens, temperature=0, stream=True))
         text = "".join(c.choices[0].text for c in chunks if c.choices)

@@ -263,3 +263,36 @@ def test_backend_compile_errors_are_400(client: TestClient, fake: FakeLLMClient)
     assert "does not compile" in assert_openai_error(response.json())["message"]
     fake.queue(words_script("still here"))
     assert client.post(CHAT, json=chat()).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_think_sections_become_reasoning_content(make_client: Any, fake: FakeLLMClient, stream: bool) -> None:
+    fake.models = [ModelCard("thinker", "thinker", 256, reasoning_parser="think")]
+    client = make_client()
+    fake.queue(script("<th", "ink>Paris is in ", "France.</thi", "nk>\n\nThe answer: Paris."), script("Just text."))
+
+    def reply() -> tuple[str, str]:
+        body = {"model": "thinker", "messages": [{"role": "user", "content": "?"}], "stream": stream,
+                "chat_template_kwargs": {"enable_thinking": True}}
+        response = client.post(CHAT, json=body)
+        if not stream:
+            message = response.json()["choices"][0]["message"]
+            return message.get("reasoning_content") or "", message["content"]
+        deltas = [e["choices"][0]["delta"] for e in sse_events(response.text)[:-1] if e["choices"]]
+        return ("".join(d.get("reasoning_content", "") for d in deltas),
+                "".join(d.get("content", "") for d in deltas))
+
+    assert reply() == ("Paris is in France.", "The answer: Paris.")
+    assert reply() == ("", "Just text.")
+    assert fake.inputs[0].chat_template_kwargs == {"enable_thinking": True}
+
+
+def test_reasoning_stream_holds_an_unfinished_section() -> None:
+    from gateway.reasoning import ReasoningStream, split_reasoning
+
+    stream = ReasoningStream()
+    assert stream.feed("  <think>a") == ("a", "")
+    assert stream.feed("b</") == ("b", "")
+    assert stream.finish() == ("</", "")
+    assert split_reasoning("<think>cut off") == ("cut off", "")
+    assert split_reasoning("no <think> here") == (None, "no <think> here")
