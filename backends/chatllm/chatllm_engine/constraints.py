@@ -57,9 +57,17 @@ class GrammarCache:
         self._compiler = xgr.GrammarCompiler(self._info, max_threads=1, cache_enabled=False)
         self._no_control_bytes = _bitmask_row([not any(b < 0x20 for b in token)
                                                for token in self._info.decoded_vocab], vocab_size)
+        # The engine thread's bitmask buffer (mask_logits), grown to the largest batch seen.
+        self._bitmask = xgr.allocate_token_bitmask(1, vocab_size)
         # _lock guards _cache; callers are request-preparing threads (execute(), compile pool).
         self._lock = threading.Lock()
         self._cache: OrderedDict[StructuredOutput, xgr.CompiledGrammar] = OrderedDict()
+
+    def bitmask(self, rows: int) -> torch.Tensor:
+        """A [rows, words] bitmask for one step (reused: only the engine thread calls this)."""
+        if self._bitmask.shape[0] < rows:
+            self._bitmask = xgr.allocate_token_bitmask(rows, self.vocab_size)
+        return self._bitmask[:rows]
 
     def compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
         """The compiled grammar of `spec`; raises InvalidRequest when it does not compile."""
@@ -101,16 +109,16 @@ class GrammarCache:
         rows also forbid every token that contains one.
         """
         extra = self._no_control_bytes if spec.kind in ("json", "json_object") else None
-        return SequenceConstraint(xgr.GrammarMatcher(self.compile(spec)), self.vocab_size, extra)
+        return SequenceConstraint(xgr.GrammarMatcher(self.compile(spec)), self, extra)
 
 
-def _bitmask_row(allowed: list[bool], vocab_size: int) -> torch.Tensor:
+def _bitmask_row(allowed: list[bool], vocab_size: int) -> np.ndarray:
     """xgrammar's bitmask layout (bit j of word k: token 32k + j) of `allowed` tokens."""
     words = (vocab_size + 31) // 32
     bits = np.zeros(words * 32, dtype=np.uint64)
     bits[:min(len(allowed), vocab_size)] = np.asarray(allowed[:vocab_size], dtype=np.uint64)
     packed = (bits.reshape(words, 32) << np.arange(32, dtype=np.uint64)).sum(axis=1)
-    return torch.from_numpy(packed.astype(np.uint32).view(np.int32))
+    return packed.astype(np.uint32).view(np.int32)
 
 
 class LazyGrammarCache:
@@ -140,16 +148,18 @@ _LABELS = {"json": "JSON schema", "json_object": "JSON object grammar", "regex":
 class SequenceConstraint:
     """The grammar state of one sequence; touched only by the engine thread."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher, vocab_size: int, extra: torch.Tensor | None = None) -> None:
+    def __init__(self, matcher: xgr.GrammarMatcher, cache: GrammarCache, extra: np.ndarray | None = None) -> None:
         self._matcher = matcher
-        self._vocab_size = vocab_size
+        self.cache = cache
         self._extra = extra  # a bitmask row ANDed into every step's (tokens never allowed)
         self.violated = False
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self._matcher.fill_next_token_bitmask(bitmask, row)
         if self._extra is not None:
-            bitmask[row] &= self._extra
+            # numpy, not torch: a one-row op must not wake torch's thread pool.
+            words = bitmask[row].numpy()
+            np.bitwise_and(words, self._extra, out=words)
 
     def accept(self, token_id: int) -> bool:
         """Advance by the sampled token; True when the grammar is now complete (or broken)."""
@@ -173,12 +183,16 @@ def mask_logits(logits: torch.Tensor, constraints: Sequence[SequenceConstraint |
     rows = [i for i, c in enumerate(constraints) if c is not None]
     if not rows:
         return
-    vocab = min(logits.shape[-1], constraints[rows[0]]._vocab_size)  # noqa: SLF001 - same module
-    # Rows of the bitmask follow the batch; only the constrained ones are filled and applied.
-    bitmask = xgr.allocate_token_bitmask(logits.shape[0], vocab)
+    cache = constraints[rows[0]].cache  # type: ignore[union-attr]
+    vocab = min(logits.shape[-1], cache.vocab_size)
+    # Rows of the bitmask follow the batch; only the constrained ones are filled and applied
+    # (xgrammar's own CPU kernel, single-threaded: no torch op runs here on CPU).
+    bitmask = cache.bitmask(logits.shape[0])
     for row in rows:
         constraint = constraints[row]
         assert constraint is not None
         constraint.fill(bitmask, row)
-    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=vocab,
+    if logits.device.type != "cpu":
+        bitmask = bitmask.to(logits.device, non_blocking=True)
+    xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab,
                                     indices=None if len(rows) == logits.shape[0] else rows)
