@@ -227,3 +227,18 @@ def test_a_tool_round_trip_with_the_openai_client(oai: openai.OpenAI) -> None:
 
     assert second.choices[0].message.content == "minus three degrees"
     assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+
+
+def test_malformed_constraints_and_tool_choices_are_400s_and_the_server_stays_up(echo_gateway: str) -> None:
+    from tests.unit.gateway.test_gateway_structured import MALFORMED
+
+    assert len(MALFORMED) >= 20
+    for extra, param in MALFORMED:
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "stream": True, **extra}
+        response = httpx.post(f"{echo_gateway}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 400, (extra, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    reply = httpx.post(f"{echo_gateway}/v1/chat/completions", timeout=30,
+                       json={"model": "echo", "messages": [{"role": "user", "content": "still fine"}]})
+    assert reply.json()["choices"][0]["message"]["content"] == "still fine"
