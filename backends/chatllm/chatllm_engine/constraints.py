@@ -174,11 +174,14 @@ class SequenceConstraint:
         return self.violated or bool(self._matcher.is_terminated())
 
 
-def mask_logits(logits: torch.Tensor, constraints: Sequence[SequenceConstraint | None]) -> None:
+def mask_logits(logits: torch.Tensor, constraints: Sequence[SequenceConstraint | None],
+                argmax_rows: Sequence[bool] | None = None) -> None:
     """Set the logits of forbidden tokens to -inf, in place, on the rows with a constraint.
 
     `logits` is [B, V] with row i belonging to `constraints[i]`; unconstrained rows are not
-    touched and nothing is allocated when no row is constrained.
+    touched and nothing is done when no row is constrained. `argmax_rows[i]` says row i is
+    decided by a plain argmax (greedy, no penalties, no logprobs): when its best token is
+    allowed the mask cannot change the choice, so it is not applied to that row.
     """
     rows = [i for i, c in enumerate(constraints) if c is not None]
     if not rows:
@@ -192,6 +195,15 @@ def mask_logits(logits: torch.Tensor, constraints: Sequence[SequenceConstraint |
         constraint = constraints[row]
         assert constraint is not None
         constraint.fill(bitmask, row)
+    if argmax_rows is not None:
+        greedy = [r for r in rows if argmax_rows[r]]
+        if greedy:
+            best = logits[greedy, :vocab].argmax(-1).tolist()
+            words = bitmask.numpy()
+            allowed = {r for r, t in zip(greedy, best) if (int(words[r, t >> 5]) >> (t & 31)) & 1}
+            rows = [r for r in rows if r not in allowed]
+            if not rows:
+                return
     if logits.device.type != "cpu":
         bitmask = bitmask.to(logits.device, non_blocking=True)
     xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab,

@@ -321,7 +321,9 @@ class LLMEngine:
         """Sample one token for each of `seqs` (rows of logits), emit text, retire finished."""
         # ---- constrained decoding hook: forbidden tokens -> -inf on constrained rows only ----
         # (the grammar decides where a constrained row may end, so min_tokens does not apply)
-        mask_logits(logits, [s.constraint for s in seqs])
+        mask_logits(logits, [s.constraint for s in seqs],
+                    [s.sampler.params.greedy and not s.sampler.needs_penalty and s.request.sampling.logprobs is None
+                     for s in seqs])
         suppress = [sorted(s.stop_ids) if len(s.output_ids) < s.request.sampling.min_tokens
                     and s.constraint is None else [] for s in seqs]
         tokens = sample_next_tokens(logits, [s.sampler for s in seqs], suppress)

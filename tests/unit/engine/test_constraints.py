@@ -170,3 +170,26 @@ def test_aborting_a_constrained_request_frees_its_row(tiny_model: PreTrainedMode
 
     assert out.finish("a") is FinishReason.ABORT
     assert re.fullmatch("[a-z]{5}", out.text("b"))
+
+
+def test_argmax_rows_whose_best_token_is_allowed_skip_the_mask_with_the_same_choice(
+        tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    import torch
+
+    from chatllm_engine.constraints import GrammarCache, mask_logits
+
+    cache = GrammarCache(tiny_tokenizer, len(tiny_tokenizer), {2})
+    spec = structured_output("regex", "[a-z]+")
+    torch.manual_seed(0)
+    logits = torch.randn(6, len(tiny_tokenizer))
+    allowed_best = tiny_tokenizer.convert_tokens_to_ids("a")
+    logits[0, allowed_best] = 50.0  # row 0's best token is allowed: its logits stay as they are
+    constraints = [cache.constraint(spec) for _ in range(5)] + [None]
+    masked, skipped = logits.clone(), logits.clone()
+
+    mask_logits(masked, constraints)
+    mask_logits(skipped, constraints, [True] * 6)
+
+    assert masked.argmax(-1).tolist() == skipped.argmax(-1).tolist()
+    assert torch.equal(skipped[0], logits[0]) and not torch.equal(masked[0], logits[0])
+    assert torch.equal(skipped[5], logits[5]) and torch.equal(masked[5], logits[5])
