@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 MAX_EMBEDDING_INPUTS = 2048
-__all__ = ["MAX_LOGPROBS"]
 
 
 def _range(name: str) -> dict[str, float]:

@@ -9,11 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from chatllm_wire import MAX_LOGPROBS
 
 from .types import Logprob, SamplingParams, TokenLogprobs
-
-__all__ = ["MAX_LOGPROBS", "SequenceSampler", "sample_next_tokens", "token_logprobs"]
 
 
 class SequenceSampler:
