@@ -16,6 +16,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY docker/gateway-requirements.txt /app/requirements.txt
 RUN pip install --no-cache-dir -r /app/requirements.txt
+COPY chatllm_wire/ /app/chatllm_wire/
 COPY gateway/ /app/gateway/
 
 USER 10001:10001

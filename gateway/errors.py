@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from chatllm_wire import split_error
+
 RETRY_AFTER_S = 1
 """Seconds suggested to clients in `Retry-After` on 429 and 503."""
 
-_CODE_PREFIX = re.compile(r"^\s*\[([A-Z_]+)\]\s*")
 # Triton prefixes its own errors (e.g. "Exceeds maximum queue size") with the request id.
 _REQUEST_ID_PREFIX = re.compile(r"^\s*\[request id: [^\]]*\]\s*")
 
@@ -167,11 +168,8 @@ def _code_from_message(message: str, *, specific: bool) -> str | None:
 
 
 def strip_code_prefix(message: str) -> tuple[str | None, str]:
-    """Split `"[INVALID_ARG] text"` into `("INVALID_ARG", "text")`."""
-    match = _CODE_PREFIX.match(message)
-    if match is None:
-        return None, message.strip()
-    return match.group(1), message[match.end() :].strip()
+    """Split `"[INVALID_ARG] text"` into `("INVALID_ARG", "text")` (chatllm_wire's convention)."""
+    return split_error(message)
 
 
 def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamError:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+from chatllm_wire import WireSampling
 
 ModelKind = Literal["generate", "embed"]
 
@@ -27,24 +29,14 @@ class ModelCard:
     capacity: int | None = None
     """Requests one server takes for this model before it refuses (running + queued over
     all its instances), when its config says; None: unknown, no limit applied."""
+    tool_call_parser: str = "hermes"
+    """How tool calls are read from answers to tool_choice "auto" (gateway/tools.py)."""
+    reasoning_parser: str = ""
+    """"think": `<think>...</think>` becomes `reasoning_content`; empty: none."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Sampling settings; None (or empty) means the backend's default."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    logprobs: int | None = None
-    """None: no logprobs; N: the sampled token's logprob and the N most likely per token."""
+SamplingParams = WireSampling
+"""Sampling settings (the wire contract's own type); None (or empty) means the backend's default."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +46,11 @@ class GenerationInput:
     model: str
     """The Triton model name."""
     prompt: str | None = None
-    messages: tuple[dict[str, str], ...] | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[dict[str, Any], ...] | None = None
+    """OpenAI tool definitions for the model's chat template."""
+    chat_template_kwargs: dict[str, Any] | None = None
     request_id: str = ""
     """Forwarded to Triton as the request id, for correlating logs."""
     replayable: bool = False

@@ -7,15 +7,25 @@ Response models drop `usage` (and empty delta fields) when unset, as OpenAI does
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
+import chatllm_wire as wire
+from chatllm_wire import MAX_LOGPROBS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
-_INT64 = 2**63 - 1
-MAX_LOGPROBS = 20
-"""Most alternatives per token (`top_logprobs`, completions' `logprobs`), as OpenAI and vLLM."""
 MAX_EMBEDDING_INPUTS = 2048
+
+
+def _range(name: str) -> dict[str, float]:
+    """pydantic bounds of a sampling parameter, from the wire contract (chatllm_wire)."""
+    spec = wire.SAMPLING_PARAMS[name]
+    bounds: dict[str, float] = {}
+    if spec.low is not None:
+        bounds["gt" if spec.low_open else "ge"] = spec.low
+    if spec.high is not None:
+        bounds["le"] = spec.high
+    return bounds
 
 
 def _omit_none(value: object) -> bool:
@@ -29,11 +39,27 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = "{}"
+    """JSON text, as OpenAI sends it."""
+
+
+class ToolCall(BaseModel):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    """An input message; extra OpenAI fields (`name`, `tool_call_id`, ...) are ignored."""
+    """An input message; other OpenAI fields (`name`, ...) are ignored."""
 
     role: Role
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    """An assistant's earlier tool calls."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
 
     def text(self) -> str:
         """The content as one string (text parts joined by newlines)."""
@@ -48,35 +74,75 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class SamplingRequest(BaseModel):
-    """Fields shared by every generation endpoint."""
+    """Fields shared by every generation endpoint; ranges come from the wire contract."""
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    max_tokens: int | None = Field(default=None, **_range("max_tokens"))
+    temperature: float | None = Field(default=None, **_range("temperature"))
+    top_p: float | None = Field(default=None, **_range("top_p"))
+    top_k: int | None = Field(default=None, **_range("top_k"))
     """vLLM/FastChat extension; -1 and 0 mean disabled."""
     n: int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-_INT64 - 1, le=_INT64)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    stop: str | list[str] | None = Field(default=None, max_length=wire.MAX_STOP_STRINGS)
+    seed: int | None = Field(default=None, ge=wire.INT64_MIN, le=-wire.INT64_MIN - 1)
+    presence_penalty: float | None = Field(default=None, **_range("presence_penalty"))
+    frequency_penalty: float | None = Field(default=None, **_range("frequency_penalty"))
+    repetition_penalty: float | None = Field(default=None, **_range("repetition_penalty"))
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older
+    # guided_* fields (gateway/structured.py turns them into one constraint).
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def stop_strings(self) -> tuple[str, ...]:
-        """`stop` as a tuple, empty strings dropped."""
-        if self.stop is None:
-            return ()
-        items = [self.stop] if isinstance(self.stop, str) else self.stop
-        return tuple(s for s in items if s)
+        """`stop` as a tuple, empty strings dropped (chatllm_wire's normalisation)."""
+        return wire.normalize_stop(self.stop)
 
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoiceFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: NamedToolChoiceFunction
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -84,7 +150,10 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    tools: list[dict[str, object]] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -160,7 +229,9 @@ class CompletionLogprobs(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class ChatChoice(BaseModel):
@@ -179,9 +250,25 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = Field(default=None, exclude_if=_omit_none)
+    arguments: str | None = Field(default=None, exclude_if=_omit_none)
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed tool call: index, id, type and name once, then arguments."""
+
+    index: int
+    id: str | None = Field(default=None, exclude_if=_omit_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_omit_none)
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_omit_none)
     content: str | None = Field(default=None, exclude_if=_omit_none)
+    reasoning_content: str | None = Field(default=None, exclude_if=_omit_none)
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_omit_none)
 
 
 class ChatChunkChoice(BaseModel):

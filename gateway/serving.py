@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
+from chatllm_wire import StructuredOutput
 from fastapi import Request
 from pydantic import BaseModel
 
@@ -56,11 +57,15 @@ async def resolve_model(request: Request, name: str, kind: ModelKind) -> ModelCa
 
 
 def sampling_params(
-    body: SamplingRequest, max_tokens: int | None, logprobs: int | None = None
+    body: SamplingRequest,
+    max_tokens: int | None,
+    logprobs: int | None = None,
+    structured: StructuredOutput | None = None,
 ) -> SamplingParams:
     """The request's sampling fields; `top_k` of -1 or 0 means disabled (left out).
 
     `logprobs`: None for none, else how many of the most likely tokens to report.
+    `structured`: the constraint the output must match (gateway/structured.py, tools.py).
     """
     top_k = body.top_k if body.top_k is not None and body.top_k > 0 else None
     return SamplingParams(
@@ -75,6 +80,7 @@ def sampling_params(
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        structured_outputs=structured,
     )
 
 

@@ -16,15 +16,14 @@ unary `infer`, in requests of at most their `max_batch_size` texts.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+import chatllm_wire as wire
 import grpc
 import numpy as np
 import numpy.typing as npt
@@ -46,10 +45,8 @@ from gateway.llm_client import (
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
+OUTPUTS = (wire.TEXT_OUTPUT, wire.FINISH_REASON, wire.NUM_INPUT_TOKENS, wire.NUM_OUTPUT_TOKENS)
 _FINAL = "triton_final_response"
-_MIN_LOGPROB = -9999.0
-"""What -inf becomes (as vLLM does): JSON has no infinity."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,8 @@ class TritonModel:
     max_batch_size: int = 0
     inputs: frozenset[str] = frozenset()
     outputs: frozenset[str] = frozenset()
+    tool_call_parser: str = "hermes"
+    reasoning_parser: str = ""
 
     capacity: int | None = None
     """Running + queued requests the server takes before refusing (chatllm's max_num_seqs
@@ -74,7 +73,9 @@ class TritonModel:
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
         return [
-            ModelCard(n, self.name, self.context_length, self.kind, self.capacity) for n in names
+            ModelCard(n, self.name, self.context_length, self.kind, capacity=self.capacity,
+                      tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser)
+            for n in names
         ]
 
 
@@ -118,6 +119,8 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         max_batch_size=max_batch_size,
         inputs=inputs,
         outputs=outputs,
+        tool_call_parser=param("tool_call_parser") or "hermes",
+        reasoning_parser=param("reasoning_parser"),
     )
 
 
@@ -136,15 +139,8 @@ def _capacity(name: str, config: dict[str, Any], seqs: str, queued: str) -> int 
 
 
 def sampling_json(sampling: SamplingParams) -> str:
-    """The `sampling_parameters` tensor: only the fields that are set."""
-    fields: dict[str, Any] = {
-        k: v for k, v in dataclasses.asdict(sampling).items() if v is not None and k != "stop"
-    }
-    if sampling.stop:
-        fields["stop"] = list(sampling.stop)
-    if not sampling.ignore_eos:
-        fields.pop("ignore_eos")
-    return json.dumps(fields, ensure_ascii=False)
+    """The `sampling_parameters` tensor: only the fields that are set (chatllm_wire)."""
+    return sampling.to_json()
 
 
 def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelInferRequest:
@@ -162,21 +158,25 @@ def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelIn
             tensor.contents.bytes_contents.append(value.encode("utf-8"))
 
     if inp.messages is not None:
-        add("messages", json.dumps(list(inp.messages), ensure_ascii=False))
+        add(wire.MESSAGES, json.dumps(list(inp.messages), ensure_ascii=False))
     else:
-        add("text_input", inp.prompt or "")
-    add("stream", True)
-    add("sampling_parameters", sampling_json(inp.sampling))
-    add("exclude_input_in_output", True)
-    add("return_finish_reason", True)
-    add("return_num_input_tokens", True)
-    add("return_num_output_tokens", True)
+        add(wire.TEXT_INPUT, inp.prompt or "")
+    if inp.tools:
+        add(wire.TOOLS, json.dumps(list(inp.tools), ensure_ascii=False))
+    if inp.chat_template_kwargs:
+        add(wire.CHAT_TEMPLATE_KWARGS, json.dumps(inp.chat_template_kwargs, ensure_ascii=False))
+    add(wire.STREAM, True)
+    add(wire.SAMPLING_PARAMETERS, sampling_json(inp.sampling))
+    add(wire.EXCLUDE_INPUT_IN_OUTPUT, True)
+    add(wire.RETURN_FINISH_REASON, True)
+    add(wire.RETURN_NUM_INPUT_TOKENS, True)
+    add(wire.RETURN_NUM_OUTPUT_TOKENS, True)
     if inp.sampling.logprobs is not None:
-        add("return_logprobs", True)
+        add(wire.RETURN_LOGPROBS, True)
     for name in OUTPUTS:
         request.outputs.add(name=name)
     if inp.sampling.logprobs is not None:
-        request.outputs.add(name="logprobs")
+        request.outputs.add(name=wire.LOGPROBS)
     request.parameters["triton_enable_empty_final_response"].bool_param = True
     return request
 
@@ -187,12 +187,12 @@ def build_count_request(
     """Ask the backend for the token count of `prompt` only (`count_tokens_only`)."""
     request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
     shape = [1, 1] if batched else [1]
-    text = request.inputs.add(name="text_input", shape=shape, datatype="BYTES")
+    text = request.inputs.add(name=wire.TEXT_INPUT, shape=shape, datatype="BYTES")
     text.contents.bytes_contents.append(prompt.encode("utf-8"))
-    for name in ("count_tokens_only", "return_num_input_tokens"):
+    for name in (wire.COUNT_TOKENS_ONLY, wire.RETURN_NUM_INPUT_TOKENS):
         flag = request.inputs.add(name=name, shape=shape, datatype="BOOL")
         flag.contents.bool_contents.append(True)
-    request.outputs.add(name="num_input_tokens")
+    request.outputs.add(name=wire.NUM_INPUT_TOKENS)
     request.parameters["triton_enable_empty_final_response"].bool_param = True
     return request
 
@@ -222,36 +222,19 @@ def _ints(array: npt.NDArray[Any] | None) -> list[int]:
     return [] if array is None else [int(x) for x in array.reshape(-1)]
 
 
-def _finite(value: Any) -> float:
-    number = float(value)
-    return _MIN_LOGPROB if math.isnan(number) or number < _MIN_LOGPROB else number
-
-
 def parse_logprobs(payloads: list[str]) -> tuple[TokenLogprob, ...]:
-    """vllm_backend's `logprobs` JSON: per token `{token_id: {logprob, rank, decoded_token}}`,
-    the sampled token first. Raises `UpstreamError` when it is malformed."""
+    """The `logprobs` JSON (chatllm_wire) of several responses; `top` most likely first.
+    Raises `UpstreamError` when it is malformed."""
     tokens: list[TokenLogprob] = []
     try:
         for payload in payloads:
-            positions = json.loads(payload) if payload else None
-            for position in positions or ():
-                if not position:
-                    continue
-                entries = list(position.values())
-                ranked = sorted(entries, key=lambda e: int(e.get("rank") or 0))
-                tokens.append(
-                    TokenLogprob(
-                        token=str(entries[0].get("decoded_token") or ""),
-                        logprob=_finite(entries[0]["logprob"]),
-                        top=tuple(
-                            TopLogprob(str(e.get("decoded_token") or ""), _finite(e["logprob"]))
-                            for e in ranked
-                        ),
-                    )
-                )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        message = f"malformed logprobs from the model: {exc}"
-        raise UpstreamError(500, message, "server_error") from None
+            for position in wire.parse_logprobs(payload):
+                ranked = sorted(position, key=lambda e: e.rank)
+                tokens.append(TokenLogprob(
+                    token=position[0].decoded_token, logprob=position[0].logprob,
+                    top=tuple(TopLogprob(e.decoded_token, e.logprob) for e in ranked)))
+    except wire.WireError as exc:
+        raise UpstreamError(500, exc.message, "server_error") from None
     return tuple(tokens)
 
 
@@ -261,16 +244,16 @@ def decode_response(response: service_pb2.ModelInferResponse) -> StreamResponse:
     if not response.outputs:
         return StreamResponse("", None, None, None, final)
     result = InferResult(response)
-    reasons = [r for r in _strings(result.as_numpy("finish_reason")) if r]
-    inputs = _ints(result.as_numpy("num_input_tokens"))
-    outputs = _ints(result.as_numpy("num_output_tokens"))
+    reasons = [r for r in _strings(result.as_numpy(wire.FINISH_REASON)) if r]
+    inputs = _ints(result.as_numpy(wire.NUM_INPUT_TOKENS))
+    outputs = _ints(result.as_numpy(wire.NUM_OUTPUT_TOKENS))
     return StreamResponse(
-        text="".join(_strings(result.as_numpy("text_output"))),
+        text="".join(_strings(result.as_numpy(wire.TEXT_OUTPUT))),
         finish_reason=reasons[0] if reasons else None,
         num_input_tokens=inputs[0] if inputs else None,
         num_output_tokens=sum(outputs) if outputs else None,
         final=final,
-        logprobs=parse_logprobs(_strings(result.as_numpy("logprobs"))),
+        logprobs=parse_logprobs(_strings(result.as_numpy(wire.LOGPROBS))),
     )
 
 
@@ -405,10 +388,13 @@ class TritonLLMClient:
     async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
         """Stream one generation; closing the iterator cancels the gRPC stream."""
         model = await self._model(inp.model, "generate")
-        if inp.sampling.logprobs is not None and "return_logprobs" not in model.inputs:
+        if inp.sampling.logprobs is not None and wire.RETURN_LOGPROBS not in model.inputs:
             raise InvalidRequestError(
                 f"model `{inp.model}` does not return logprobs", param="logprobs"
             )
+        for name, value in ((wire.TOOLS, inp.tools), (wire.CHAT_TEMPLATE_KWARGS, inp.chat_template_kwargs)):
+            if value and name not in model.inputs:
+                raise InvalidRequestError(f"model `{inp.model}` does not take {name}", param=name)
         request = build_request(inp, batched=model.batched)
         finish_reason: str | None = None
         async with aclosing(self._responses(request)) as responses:
@@ -434,7 +420,7 @@ class TritonLLMClient:
 
     async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
         triton_model = await self._model(model, "generate")
-        if "count_tokens_only" not in triton_model.inputs:
+        if wire.COUNT_TOKENS_ONLY not in triton_model.inputs:
             raise InvalidRequestError(f"model `{model}` cannot count tokens", param="model")
         request = build_count_request(model, prompt, request_id, batched=triton_model.batched)
         count: int | None = None

@@ -57,7 +57,8 @@ if monkey.is_module_patched("socket"):  # under Locust; not in tests that skip i
     grpc_gevent.init_gevent()  # gRPC must cooperate with the gevent loop before any channel exists
 
 # Imported after init_gevent: they load grpc's aio modules.
-from gateway.llm_client import GenerationInput, SamplingParams  # noqa: E402
+from chatllm_wire import WireSampling  # noqa: E402
+from gateway.llm_client import GenerationInput  # noqa: E402
 from gateway.triton_client import build_request, decode_response  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
@@ -297,8 +298,8 @@ class TritonGrpcUser(_StreamingUser):
         prompt = self.sampler.next()
         request = build_request(GenerationInput(
             model=self.triton_model, messages=prompt.messages, request_id=f"locust-{uuid.uuid4().hex[:12]}",
-            sampling=SamplingParams(max_tokens=prompt.max_tokens, temperature=0.0,
-                                    ignore_eos=not self.options.natural_stop)), batched=self.batched)
+            sampling=WireSampling(max_tokens=prompt.max_tokens, temperature=0.0,
+                                  ignore_eos=not self.options.natural_stop)), batched=self.batched)
         measurement = StreamMeasurement(start=time.perf_counter())
         error: Exception | None = None
         call = self.stub.ModelStreamInfer(iter([request]), timeout=self.options.request_timeout_s)

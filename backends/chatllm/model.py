@@ -10,6 +10,11 @@ The only module that imports `triton_python_backend_utils`. Threads:
 - the engine thread (`EngineThread`): loads the model, then runs `LLMEngine.run()`, the step loop.
 - the response thread: turns engine events into responses, watches for cancellation and
   publishes the engine's metrics.
+- the grammar thread: hands requests with structured outputs to the engine, whose request
+  preparation compiles their grammars (cached), so neither execute() nor the engine waits.
+
+Tensor names, the `sampling_parameters` schema, the error prefix and the logprobs JSON come
+from the wire contract `chatllm_wire`, shared with the gateway.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import chatllm_wire as wire
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -35,9 +41,6 @@ from chatllm_engine.intake import IntakeJob, RequestIntake, check_prompt_length,
 from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
-SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "seed", "stop", "stop_token_ids", "ignore_eos", "min_tokens", "logprobs"}
-_INT_KEYS = ("max_tokens", "top_k", "seed", "min_tokens", "logprobs")
 
 
 class _TritonLogHandler(logging.Handler):
@@ -78,7 +81,7 @@ def _error_label(exc: EngineError) -> str:
 
 def triton_error(exc: EngineError) -> Any:
     """A TritonError whose message starts with its code: gRPC streams carry only the message."""
-    return pb_utils.TritonError(f"[{_error_label(exc)}] {exc}", _error_code(exc))
+    return pb_utils.TritonError(wire.error_message(_error_label(exc), str(exc)), _error_code(exc))
 
 
 @dataclass(frozen=True)
@@ -148,16 +151,10 @@ class InFlight:
 
 
 def logprobs_json(entries: tuple[TokenLogprobs, ...] | list[TokenLogprobs]) -> str:
-    """vllm_backend's `logprobs` output: per token, `{token_id: {logprob, rank, decoded_token}}`
-    with the sampled token first, then the most likely ones (the sampled one appears once)."""
-    positions = []
-    for entry in entries:
-        position: dict[str, dict[str, Any]] = {}
-        for item in (entry.sampled, *entry.top):
-            position.setdefault(str(item.token_id), {
-                "logprob": item.logprob, "rank": item.rank, "decoded_token": item.decoded_token})
-        positions.append(position)
-    return json.dumps(positions, ensure_ascii=False)
+    """The `logprobs` output (chatllm_wire): per token the sampled one first, then the most likely."""
+    return wire.logprobs_json([
+        [wire.WireLogprob(i.token_id, i.logprob, i.rank, i.decoded_token) for i in (e.sampled, *e.top)]
+        for e in entries])
 
 
 def _scalar(request: Any, name: str) -> Any:
@@ -176,30 +173,20 @@ def _text(request: Any, name: str) -> str | None:
 
 
 def parse_sampling(text: str | None) -> SamplingParams:
-    """vllm_backend's `sampling_parameters` JSON -> SamplingParams (unknown keys rejected)."""
-    if not text:
-        return SamplingParams()
+    """The `sampling_parameters` tensor -> SamplingParams, checked by the wire contract."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"sampling_parameters is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InvalidRequest("sampling_parameters must be a JSON object")
-    unknown = sorted(set(raw) - SAMPLING_KEYS)
-    if unknown:
-        raise InvalidRequest(f"unknown sampling parameter(s): {', '.join(unknown)}")
-    values = {k: v for k, v in raw.items() if v is not None}
-    stop = values.pop("stop", ())
-    stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+        parsed = wire.parse_sampling(text)
+    except wire.WireError as exc:
+        raise InvalidRequest(exc.message) from None
+    return SamplingParams(stop=parsed.stop, stop_token_ids=parsed.stop_token_ids,
+                          structured=parsed.structured_outputs, **parsed.set_values())
+
+
+def _json_input(request: Any, name: str) -> Any:
     try:
-        return SamplingParams(
-            stop=tuple(s for s in stop if s),
-            stop_token_ids=tuple(int(t) for t in values.pop("stop_token_ids", ())),
-            **{k: (int(v) if k in _INT_KEYS else
-                   bool(v) if k == "ignore_eos" else float(v)) for k, v in values.items()},
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"sampling_parameters has a value of the wrong type: {exc}") from exc
+        return wire.parse_json_tensor(_text(request, name), name)
+    except wire.WireError as exc:
+        raise InvalidRequest(exc.message) from None
 
 
 class TritonPythonModel:
@@ -263,7 +250,7 @@ class TritonPythonModel:
             try:
                 gen, options, prompt = self._parse(request, request_id)
                 chars = check_prompt_length(gen, self._max_prompt_chars, self._context_tokens)
-                count_only = bool(_scalar(request, "count_tokens_only"))
+                count_only = bool(_scalar(request, wire.COUNT_TOKENS_ONLY))
                 with self._lock:
                     if not count_only and len(self._inflight) >= self._capacity:
                         raise EngineOverloaded(
@@ -294,10 +281,10 @@ class TritonPythonModel:
             entry = self._inflight.pop(request_id, None)
         if entry is None:
             return
-        tensors = [self._tensor("text_output", [b""], np.object_),
-                   self._tensor("finish_reason", [b""], np.object_),
-                   self._tensor("num_input_tokens", [count], np.uint32),
-                   self._tensor("num_output_tokens", [0], np.uint32)]
+        tensors = [self._tensor(wire.TEXT_OUTPUT, [b""], np.object_),
+                   self._tensor(wire.FINISH_REASON, [b""], np.object_),
+                   self._tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32),
+                   self._tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32)]
         entry.channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:
@@ -313,31 +300,33 @@ class TritonPythonModel:
         channel.finish(pb_utils.InferenceResponse(error=triton_error(error)))
 
     def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
-        prompt = _text(request, "text_input")
-        messages_json = _text(request, "messages")
-        messages: tuple[dict[str, str], ...] | None = None
-        if messages_json:
-            try:
-                parsed = json.loads(messages_json)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"messages is not valid JSON: {exc}") from exc
-            if not isinstance(parsed, list) or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in parsed):
-                raise InvalidRequest("messages must be a JSON list of {role, content} strings")
-            messages = tuple(parsed)
-        elif prompt is None:
-            raise InvalidRequest("either text_input or messages is required")
+        prompt = _text(request, wire.TEXT_INPUT)
+        raw_messages = _json_input(request, wire.MESSAGES)
+        raw_tools = _json_input(request, wire.TOOLS)
+        template_kwargs = _json_input(request, wire.CHAT_TEMPLATE_KWARGS)
+        messages: tuple[dict[str, Any], ...] | None = None
+        tools: tuple[dict[str, Any], ...] | None = None
+        try:
+            if raw_messages is not None:
+                messages = wire.check_messages(raw_messages)
+            elif prompt is None:
+                raise InvalidRequest("either text_input or messages is required")
+            if raw_tools:
+                tools = wire.check_tools(raw_tools)
+        except wire.WireError as exc:
+            raise InvalidRequest(exc.message) from None
+        if template_kwargs is not None and not isinstance(template_kwargs, dict):
+            raise InvalidRequest("chat_template_kwargs must be a JSON object")
 
         def flag(name: str) -> bool:
             value = _scalar(request, name)
             return bool(value) if value is not None else False
 
         options = OutputOptions(
-            stream=flag("stream"), exclude_input=flag("exclude_input_in_output") or messages is not None,
-            finish_reason=flag("return_finish_reason"), num_input_tokens=flag("return_num_input_tokens"),
-            num_output_tokens=flag("return_num_output_tokens"), logprobs=flag("return_logprobs"))
-        sampling = parse_sampling(_text(request, "sampling_parameters"))
+            stream=flag(wire.STREAM), exclude_input=flag(wire.EXCLUDE_INPUT_IN_OUTPUT) or messages is not None,
+            finish_reason=flag(wire.RETURN_FINISH_REASON), num_input_tokens=flag(wire.RETURN_NUM_INPUT_TOKENS),
+            num_output_tokens=flag(wire.RETURN_NUM_OUTPUT_TOKENS), logprobs=flag(wire.RETURN_LOGPROBS))
+        sampling = parse_sampling(_text(request, wire.SAMPLING_PARAMETERS))
         # Logprobs cost work per step: computed only when they are returned (0 alternatives
         # unless `logprobs` in sampling_parameters asks for more).
         if not options.logprobs:
@@ -346,7 +335,7 @@ class TritonPythonModel:
             sampling = dataclasses.replace(sampling, logprobs=0)
         gen = GenerationRequest(
             request_id=request_id, prompt=None if messages is not None else prompt, messages=messages,
-            sampling=sampling)
+            sampling=sampling, tools=tools, chat_template_kwargs=template_kwargs)
         return gen, options, prompt or ""
 
     # ---- response thread -----------------------------------------------------------------
@@ -421,17 +410,17 @@ class TritonPythonModel:
 
     def _response(self, entry: InFlight, text: str, event: TokenEvent, output_tokens: int,
                   logprobs: list[TokenLogprobs] | None = None) -> Any:
-        tensors = [self._tensor("text_output", [text.encode("utf-8")], np.object_)]
+        tensors = [self._tensor(wire.TEXT_OUTPUT, [text.encode("utf-8")], np.object_)]
         if entry.options.finish_reason:
             reason = event.finish_reason.value if event.finish_reason else ""
-            tensors.append(self._tensor("finish_reason", [reason.encode()], np.object_))
+            tensors.append(self._tensor(wire.FINISH_REASON, [reason.encode()], np.object_))
         if entry.options.num_input_tokens:
-            tensors.append(self._tensor("num_input_tokens", [entry.input_tokens], np.uint32))
+            tensors.append(self._tensor(wire.NUM_INPUT_TOKENS, [entry.input_tokens], np.uint32))
         if entry.options.num_output_tokens:
-            tensors.append(self._tensor("num_output_tokens", [output_tokens], np.uint32))
+            tensors.append(self._tensor(wire.NUM_OUTPUT_TOKENS, [output_tokens], np.uint32))
         if entry.options.logprobs:
             entries = logprobs if logprobs is not None else (event.logprobs or ())
-            tensors.append(self._tensor("logprobs", [logprobs_json(entries).encode("utf-8")], np.object_))
+            tensors.append(self._tensor(wire.LOGPROBS, [logprobs_json(entries).encode("utf-8")], np.object_))
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def finalize(self) -> None:

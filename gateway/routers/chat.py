@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,8 +21,10 @@ from gateway.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobEntry,
+    ChatMessage,
     ChatResponseMessage,
     DeltaMessage,
+    DeltaToolCall,
     FastChatCompletionRequest,
     TopLogprobEntry,
 )
@@ -37,6 +40,9 @@ from gateway.serving import (
     usage_info,
 )
 from gateway.streaming import race_disconnect, sse_response
+from gateway.reasoning import ReasoningStream, split_reasoning
+from gateway.structured import requested_structure
+from gateway.tools import ToolCallStream, ToolPlan, finish_reason, parse_tool_output, plan_tools
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +70,6 @@ def _reject_unsupported(body: ChatCompletionRequest) -> None:
         raise InvalidRequestError(
             "top_logprobs needs logprobs to be true", param="top_logprobs"
         )
-    if body.tools:
-        raise InvalidRequestError("tools are not supported", param="tools")
 
 
 def _top_count(body: ChatCompletionRequest) -> int | None:
@@ -96,13 +100,19 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     request_id = new_request_id("chatcmpl")
     request.state.request_id = request_id  # for the error handlers' log lines
     _reject_unsupported(body)
+    structure = requested_structure(body)
     state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
-    messages = tuple(
-        {"role": _ROLE_FOR_TEMPLATE.get(m.role, m.role), "content": m.text()}
-        for m in body.messages
+    plan = plan_tools(body, card.tool_call_parser)
+    if plan.constraint is not None and structure is not None:
+        raise InvalidRequestError(
+            "tool_choice required or a named function cannot be combined with a structured output",
+            param="tool_choice",
+        )
+    messages = tuple(_message(m) for m in body.messages)
+    sampling = sampling_params(
+        body, body.effective_max_tokens(), _top_count(body), plan.constraint or structure
     )
-    sampling = sampling_params(body, body.effective_max_tokens(), _top_count(body))
     usage = UsageCounter()
     choices = [
         stream_choice(
@@ -114,6 +124,8 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
                 sampling=for_choice(sampling, i),
                 request_id=f"{request_id}-{i}",
                 replayable=not body.stream,
+                tools=plan.tools or None,
+                chat_template_kwargs=body.chat_template_kwargs,
             ),
             usage,
         )
@@ -121,18 +133,36 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     ]
     logger.info("request %s: chat on %s, n=%d", request_id, card.triton_model, body.n)
     events = merge(choices)
+    thinks = card.reasoning_parser == "think"
     if body.stream:
         first = await first_delta(request, events)
         generation = prepend(first, events)
         return sse_response(
-            sse_events(_chunks(body, request_id, generation, usage), request_id, generation)
+            sse_events(
+                _chunks(body, plan, thinks, request_id, generation, usage), request_id, generation
+            )
         )
-    result = await race_disconnect(request, _collect(body, request_id, events, usage))
+    result = await race_disconnect(request, _collect(body, plan, thinks, request_id, events, usage))
     return JSONResponse(result.model_dump())
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A message as the backend's chat template takes it (chatllm_wire.check_messages)."""
+    out: dict[str, Any] = {"role": _ROLE_FOR_TEMPLATE.get(message.role, message.role)}
+    if message.tool_calls:
+        out["content"] = message.text() or None
+        out["tool_calls"] = [c.model_dump() for c in message.tool_calls]
+    else:
+        out["content"] = message.text()
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 async def _collect(
     body: ChatCompletionRequest,
+    plan: ToolPlan,
+    thinks: bool,
     request_id: str,
     events: AsyncIterator[ChoiceDelta],
     usage: UsageCounter,
@@ -146,24 +176,29 @@ async def _collect(
         if delta.finish_reason is not None:
             reasons[delta.index] = delta.finish_reason
     top = _top_count(body)
-    return ChatCompletionResponse(
-        id=request_id,
-        model=body.model,
-        choices=[
+    choices = []
+    for i in range(body.n):
+        reasoning, text = split_reasoning("".join(texts[i])) if thinks else (None, "".join(texts[i]))
+        content, calls = parse_tool_output(plan, text)
+        choices.append(
             ChatChoice(
                 index=i,
-                message=ChatResponseMessage(content="".join(texts[i])),
+                message=ChatResponseMessage(
+                    content=content, reasoning_content=reasoning, tool_calls=calls or None
+                ),
                 logprobs=None if top is None else chat_logprobs(tokens[i], top),
-                finish_reason=reasons[i],
+                finish_reason=finish_reason(plan, reasons[i], bool(calls)),
             )
-            for i in range(body.n)
-        ],
-        usage=usage_info(usage),
+        )
+    return ChatCompletionResponse(
+        id=request_id, model=body.model, choices=choices, usage=usage_info(usage)
     )
 
 
 async def _chunks(
     body: ChatCompletionRequest,
+    plan: ToolPlan,
+    thinks: bool,
     request_id: str,
     events: AsyncGenerator[ChoiceDelta, None],
     usage: UsageCounter,
@@ -186,14 +221,41 @@ async def _chunks(
             id=request_id, created=created, model=body.model, choices=[choice]
         )
 
+    def pieces(
+        index: int,
+        reasoning: str,
+        text: str,
+        calls: list[DeltaToolCall],
+        tokens: Sequence[TokenLogprob],
+    ) -> list[ChatCompletionChunk]:
+        logprobs = None if top is None or not tokens else chat_logprobs(tokens, top)
+        out = []
+        if reasoning:
+            out.append(chunk(index, DeltaMessage(reasoning_content=reasoning)))
+        if text or logprobs is not None:
+            out.append(chunk(index, DeltaMessage(content=text), logprobs=logprobs))
+        if calls:
+            out.append(chunk(index, DeltaMessage(tool_calls=calls)))
+        return out
+
+    streams = [ToolCallStream(plan) for _ in range(body.n)]
+    thoughts = [ReasoningStream() if thinks else None for _ in range(body.n)]
     for i in range(body.n):
         yield chunk(i, DeltaMessage(role="assistant", content=""))
     async for delta in events:
-        if delta.text or (top is not None and delta.logprobs):
-            logprobs = None if top is None else chat_logprobs(delta.logprobs, top)
-            yield chunk(delta.index, DeltaMessage(content=delta.text), logprobs=logprobs)
+        stream, thought = streams[delta.index], thoughts[delta.index]
+        reasoning, text = thought.feed(delta.text) if thought else ("", delta.text)
+        text, calls = stream.feed(text)
+        for item in pieces(delta.index, reasoning, text, calls, delta.logprobs):
+            yield item
         if delta.finish_reason is not None:
-            yield chunk(delta.index, DeltaMessage(), delta.finish_reason)
+            reasoning, text = thought.finish() if thought else ("", "")
+            fed, calls = stream.feed(text)
+            rest, more = stream.finish()
+            for item in pieces(delta.index, reasoning, fed + rest, calls + more, ()):
+                yield item
+            reason = finish_reason(plan, delta.finish_reason, stream.called)
+            yield chunk(delta.index, DeltaMessage(), reason)
     if body.include_usage():
         yield ChatCompletionChunk(
             id=request_id, created=created, model=body.model, choices=[], usage=usage_info(usage)

@@ -31,6 +31,7 @@ from gateway.serving import (
     usage_info,
 )
 from gateway.streaming import race_disconnect, sse_response
+from gateway.structured import requested_structure
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
     prompts = body.prompts()
-    sampling = sampling_params(body, body.max_tokens, body.logprobs)
+    sampling = sampling_params(body, body.max_tokens, body.logprobs, requested_structure(body))
     usage = UsageCounter()
     # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
     choices = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -208,3 +209,36 @@ def test_api_keys(echo_triton: TritonProcess, start_gateway: Callable[..., str])
     assert client.chat.completions.create(
         model="echo", messages=[{"role": "user", "content": "authorised"}]
     ).choices[0].message.content == "authorised"
+
+
+def test_a_tool_round_trip_with_the_openai_client(oai: openai.OpenAI) -> None:
+    """Call (a named tool: the echo model answers the arguments it is sent), tool message, answer."""
+    tools: list[Any] = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages: list[Any] = [{"role": "user", "content": '{"city": "Oslo"}'}]
+    first = oai.chat.completions.create(model="echo", messages=messages, tools=tools,
+                                        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    (call,) = first.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "minus three degrees"}]
+    second = oai.chat.completions.create(model="echo", messages=messages, tools=tools)
+
+    assert second.choices[0].message.content == "minus three degrees"
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+
+
+def test_malformed_constraints_and_tool_choices_are_400s_and_the_server_stays_up(echo_gateway: str) -> None:
+    from tests.unit.gateway.test_gateway_structured import MALFORMED
+
+    assert len(MALFORMED) >= 20
+    for extra, param in MALFORMED:
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "stream": True, **extra}
+        response = httpx.post(f"{echo_gateway}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 400, (extra, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+    reply = httpx.post(f"{echo_gateway}/v1/chat/completions", timeout=30,
+                       json={"model": "echo", "messages": [{"role": "user", "content": "still fine"}]})
+    assert reply.json()["choices"][0]["message"]["content"] == "still fine"

@@ -9,6 +9,9 @@ Each FastChat model-worker flag has a parameter here:
   --stream-interval       -> stream_interval
   --conv-template         -> chat_template (the model's own template when empty)
   --model-names           -> served_model_names (read by the gateway)
+Read by both sides: tool_call_parser (how `tools` with tool_choice "auto" are parsed from the
+output, and which default tool prompt templates without tool support get) and
+reasoning_parser (how `<think>` sections become `reasoning_content`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+TOOL_CALL_PARSERS = ("hermes", "llama3_json")
+REASONING_PARSERS = ("", "think")
 
 
 class ConfigError(ValueError):
@@ -49,6 +54,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     seed: int = 0
     served_model_names: tuple[str, ...] = ()
+    tool_call_parser: str = "hermes"  # how the gateway parses tool calls; the default tool prompt's format
+    reasoning_parser: str = ""  # "think": <think>...</think> becomes reasoning_content (gateway)
 
     @classmethod
     def from_model_config(
@@ -111,6 +118,10 @@ class EngineConfig:
             served_model_names=tuple(
                 n.strip() for n in raw.get("served_model_names", "").split(",") if n.strip()
             ),
+            tool_call_parser=get("tool_call_parser", str, "hermes", lambda v: v in TOOL_CALL_PARSERS,
+                                 f"one of {TOOL_CALL_PARSERS}"),
+            reasoning_parser=get("reasoning_parser", str, "", lambda v: v in REASONING_PARSERS,
+                                 f"one of {REASONING_PARSERS}"),
         )
 
 

@@ -23,9 +23,13 @@ from typing import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from chatllm_wire import SAMPLING_PARAMS, WireError, check_sampling
+
+from .chat import render_chat
 from .config import EngineConfig
+from .constraints import LazyGrammarCache, SequenceConstraint, mask_logits
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
-from .sampling import MAX_LOGPROBS, SequenceSampler, sample_next_tokens, token_logprobs
+from .sampling import SequenceSampler, sample_next_tokens, token_logprobs
 from .kv_cache import KVCache, SequenceKV
 from .packed_forward import Segment, StepLayout, forward_step, use_packed_attention
 from .prefix_cache import PrefixCache
@@ -74,6 +78,7 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # only when asked for
     next_token: int | None = None  # sampled, not yet fed to the model
+    constraint: SequenceConstraint | None = None  # grammar state (structured outputs), engine thread only
     tokens: list[int] = field(default_factory=list)  # prompt + output: the context
     kv: SequenceKV | None = None  # while running
     prompt_done: bool = False  # the prompt's KV is complete (offered to the prefix cache)
@@ -88,21 +93,11 @@ class Sequence:
 
 
 def _check_sampling(p: SamplingParams) -> None:
-    checks = [
-        (p.max_tokens is None or p.max_tokens >= 1, "max_tokens must be at least 1"),
-        (0.0 <= p.temperature <= 100.0, "temperature must be between 0 and 100"),
-        (0.0 < p.top_p <= 1.0, "top_p must be in (0, 1]"),
-        (p.top_k >= -1, "top_k must be -1, 0 (off) or positive"),
-        (p.repetition_penalty > 0.0, "repetition_penalty must be positive"),
-        (-2.0 <= p.presence_penalty <= 2.0, "presence_penalty must be between -2 and 2"),
-        (-2.0 <= p.frequency_penalty <= 2.0, "frequency_penalty must be between -2 and 2"),
-        (p.min_tokens >= 0, "min_tokens must be non-negative"),
-        (p.seed is None or -(2**63) <= p.seed < 2**64, "seed must fit in 64 bits"),
-        (p.logprobs is None or 0 <= p.logprobs <= MAX_LOGPROBS, f"logprobs must be between 0 and {MAX_LOGPROBS}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InvalidRequest(message)
+    """The ranges of the wire contract (chatllm_wire), for callers that build params directly."""
+    try:
+        check_sampling({name: getattr(p, name) for name in SAMPLING_PARAMS})
+    except WireError as exc:
+        raise InvalidRequest(exc.message) from None
 
 
 class LLMEngine:
@@ -130,6 +125,8 @@ class LLMEngine:
         self._kv = _kv_cache_for(model, config.kv_cache_tokens)
         use_packed_attention(model)
         self._prefixes = PrefixCache(config.prefix_cache_tokens) if config.enable_prefix_caching else None
+        # Structured outputs: compiled by whichever thread prepares a request (constraints.py).
+        self._grammars = LazyGrammarCache(tokenizer, self._vocab_size, self._eos_ids)
 
     # ---- caller side -------------------------------------------------------------------
 
@@ -140,11 +137,8 @@ class LLMEngine:
         if request.messages is not None:
             if not request.messages:
                 raise InvalidRequest("messages must not be empty")
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    list(request.messages), tokenize=False, add_generation_prompt=True)
-            except Exception as exc:  # jinja raises for roles a template refuses
-                raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
+            text = render_chat(self.tokenizer, request.messages, request.tools, request.chat_template_kwargs,
+                               self.config.tool_call_parser)
             return list(self.tokenizer(text, add_special_tokens=False).input_ids)
         if request.prompt is None or request.prompt == "":
             raise InvalidRequest("the prompt is empty")
@@ -209,6 +203,9 @@ class LLMEngine:
             sampler=SequenceSampler(params, prompt_ids, self._generator, self.model.device),
             detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids),
             stops=StopStringMatcher(params.stop), sink=sink, tokens=list(prompt_ids))
+        # ---- constrained decoding hook: compile (cached) off the engine thread ----
+        if params.structured is not None:
+            seq.constraint = self._grammars.constraint(params.structured)
         return seq
 
     def abort(self, request_id: str) -> None:
@@ -348,8 +345,13 @@ class LLMEngine:
 
     def _sample_and_emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Sample one token for each of `seqs` (rows of logits), emit text, retire finished."""
-        suppress = [sorted(s.stop_ids) if len(s.output_ids) < s.request.sampling.min_tokens else []
-                    for s in seqs]
+        # ---- constrained decoding hook: forbidden tokens -> -inf on constrained rows only ----
+        # (the grammar decides where a constrained row may end, so min_tokens does not apply)
+        mask_logits(logits, [s.constraint for s in seqs],
+                    [s.sampler.params.greedy and not s.sampler.needs_penalty and s.request.sampling.logprobs is None
+                     for s in seqs])
+        suppress = [sorted(s.stop_ids) if len(s.output_ids) < s.request.sampling.min_tokens
+                    and s.constraint is None else [] for s in seqs]
         tokens = sample_next_tokens(logits, [s.sampler for s in seqs], suppress)
         logprobs = self._logprobs(seqs, logits, tokens)
         finished: list[Sequence] = []
@@ -378,13 +380,15 @@ class LLMEngine:
         seq.next_token = token
         seq.pending_ids.append(token)
         reason: FinishReason | None = None
+        # ---- constrained decoding hook: advance the grammar; its completion ends the sequence ----
+        complete = seq.constraint is not None and seq.constraint.accept(token)
         if token in seq.stop_ids:
             reason = FinishReason.STOP
         else:
             if logprobs is not None:
                 seq.pending_logprobs.append(logprobs)
             seq.pending_text += seq.stops.feed(seq.detokenizer.add_token(token))
-            if seq.stops.stopped:
+            if seq.stops.stopped or complete:
                 reason = FinishReason.STOP
             elif len(seq.output_ids) >= seq.max_tokens:
                 reason = FinishReason.LENGTH

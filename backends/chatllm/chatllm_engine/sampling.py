@@ -12,9 +12,6 @@ import torch
 
 from .types import Logprob, SamplingParams, TokenLogprobs
 
-MAX_LOGPROBS = 20
-"""The most alternatives a request may ask for per position (OpenAI's `top_logprobs` limit)."""
-
 
 class SequenceSampler:
     """Sampling state of one sequence: its parameters, its generator and token counts."""

@@ -36,11 +36,12 @@ class IncrementalDetokenizer:
         return ""
 
     def flush(self) -> str:
-        """At the end: whatever the held-back tokens decode to, complete or not."""
+        """At the end: what the held-back tokens decode to, less the bytes of a character the
+        generation stopped in the middle of (they would decode to a trailing "\ufffd")."""
         prefix = self._decode(self._ids[self._prefix_offset:self._read_offset])
         full = self._decode(self._ids[self._prefix_offset:])
         self._prefix_offset = self._read_offset = len(self._ids)
-        return full[len(prefix):] if full.startswith(prefix) else ""
+        return full[len(prefix):].rstrip(REPLACEMENT_CHAR) if full.startswith(prefix) else ""
 
 
 class StopStringMatcher:

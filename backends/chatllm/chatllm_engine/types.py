@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
+
+from chatllm_wire import StructuredOutput
 
 
 class FinishReason(str, enum.Enum):
@@ -29,6 +32,7 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logprobs: int | None = None  # None: off; N: the sampled token's logprob and the N most likely
+    structured: StructuredOutput | None = None  # the output must match this grammar (constraints.py)
 
     @property
     def greedy(self) -> bool:
@@ -59,9 +63,11 @@ class GenerationRequest:
 
     request_id: str
     prompt: str | None = None
-    messages: tuple[dict[str, str], ...] | None = None
+    messages: tuple[dict[str, Any], ...] | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: tuple[dict[str, Any], ...] | None = None  # OpenAI tool definitions for the chat template
+    chat_template_kwargs: dict[str, Any] | None = None  # extra variables for the chat template
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,15 @@ def test_an_incomplete_character_is_held_until_its_last_byte(tiny_tokenizer: Pre
     assert detokenizer.add_token(ids[-1]) == "好"
 
 
-def test_flush_releases_what_an_unfinished_character_decodes_to(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+def test_flush_drops_an_unfinished_character(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
     ids = tiny_tokenizer("a好").input_ids
     detokenizer = IncrementalDetokenizer(tiny_tokenizer, [])
 
     deltas = [detokenizer.add_token(t) for t in ids[:-1]]
 
     assert "".join(deltas) == "a"
-    assert detokenizer.flush() == tiny_tokenizer.decode(ids[:-1])[1:]
+    assert tiny_tokenizer.decode(ids[:-1]).endswith(REPLACEMENT_CHAR), "precondition: cut inside 好"
+    assert detokenizer.flush() == ""
     assert detokenizer.flush() == ""
 
 
@@ -101,3 +102,16 @@ def test_special_tokens_produce_no_text(tiny_tokenizer: PreTrainedTokenizerBase)
     deltas = stream(tiny_tokenizer, [*ids, eos, *ids])
 
     assert "".join(deltas) == "HelloHello"
+
+
+def test_a_generation_cut_inside_a_character_drops_its_incomplete_bytes(
+        tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    ids = tiny_tokenizer(CHINESE).input_ids
+    cuts = [i for i in range(1, len(ids)) if tiny_tokenizer.decode(ids[:i]).endswith(REPLACEMENT_CHAR)]
+    assert cuts, "precondition: some prefix ends inside a character"
+
+    for cut in cuts:
+        deltas = stream(tiny_tokenizer, ids[:cut])
+        text = "".join(deltas)
+        assert REPLACEMENT_CHAR not in text
+        assert CHINESE.startswith(text) and text == tiny_tokenizer.decode(ids[:cut]).rstrip(REPLACEMENT_CHAR)

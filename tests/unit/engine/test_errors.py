@@ -99,7 +99,7 @@ def test_context_too_long_is_an_invalid_request() -> None:
 @pytest.mark.parametrize("bad", [
     {"max_tokens": 0},
     {"temperature": -0.1},
-    {"temperature": 100.5},
+    {"temperature": 2.5},
     {"top_p": 0.0},
     {"top_p": 1.01},
     {"top_k": -2},
@@ -122,7 +122,7 @@ def test_bad_sampling_values_are_invalid_requests(tiny_model: PreTrainedModel,
 
 
 @pytest.mark.parametrize("edge", [
-    {"temperature": 0.0}, {"temperature": 100.0}, {"top_p": 1.0}, {"top_k": -1}, {"top_k": 0},
+    {"temperature": 0.0}, {"temperature": 2.0}, {"top_p": 1.0}, {"top_k": -1}, {"top_k": 0},
     {"presence_penalty": -2.0}, {"frequency_penalty": 2.0}, {"min_tokens": 0}, {"max_tokens": 1},
     {"seed": -1},
 ])
@@ -236,7 +236,7 @@ def test_messages_the_chat_template_refuses_are_invalid_requests(tiny_model: Pre
                             "{{ m['content'] }}{% endfor %}")
     engine = make_engine(tiny_model, strict)
 
-    with pytest.raises(InvalidRequest, match="unsupported role tool"):
-        engine.add_request(GenerationRequest("chat", messages=({"role": "tool", "content": "x"},)),
+    with pytest.raises(InvalidRequest, match="unsupported role system"):
+        engine.add_request(GenerationRequest("chat", messages=({"role": "system", "content": "x"},)),
                            Collector().sink("chat"))
     assert not engine.has_work()

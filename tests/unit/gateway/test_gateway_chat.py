@@ -81,7 +81,7 @@ def test_messages_and_sampling_reach_the_client(client: TestClient, fake: FakeLL
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "a\nb"},
         {"role": "assistant", "content": ""},
-        {"role": "tool", "content": "42"},
+        {"role": "tool", "content": "42", "tool_call_id": "t1"},
     )
     s = inp.sampling
     assert (s.max_tokens, s.temperature, s.top_p, s.top_k, s.seed) == (9, 0.5, 0.9, None, 11)

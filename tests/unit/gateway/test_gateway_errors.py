@@ -61,7 +61,7 @@ def assert_openai_error(response_json: dict[str, object]) -> dict[str, object]:
         ({"messages": [{"content": "no role"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         ({"model": "embedder"}, "model"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
     ],
 )
 def test_invalid_fields_are_400_naming_the_param(

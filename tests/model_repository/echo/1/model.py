@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import chatllm_wire as wire
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -64,26 +65,25 @@ def _flag(request: Any, name: str) -> bool:
 
 def _logprobs_json(word: str, position: int, top: int) -> str:
     sampled_logprob = -0.25 * (position + 1)
-    entry = {str(1000 + position): {"logprob": sampled_logprob, "rank": 1, "decoded_token": word}}
-    for j in range(1, top):
-        entry[str(j)] = {"logprob": sampled_logprob - j, "rank": j + 1, "decoded_token": f"alt{j}"}
-    return json.dumps([entry])
+    entries = [wire.WireLogprob(1000 + position, sampled_logprob, 1, word)]
+    entries += [wire.WireLogprob(j, sampled_logprob - j, j + 1, f"alt{j}") for j in range(1, top)]
+    return wire.logprobs_json([entries])
 
 
 def _response(
     text: str, finish_reason: str, input_words: int, output_words: int, logprobs: str | None = None
 ) -> Any:
     tensors = [
-        pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=np.object_)),
+        pb_utils.Tensor(wire.TEXT_OUTPUT, np.array([[text.encode("utf-8")]], dtype=np.object_)),
         pb_utils.Tensor(
-            "finish_reason", np.array([[finish_reason.encode("utf-8")]], dtype=np.object_)
+            wire.FINISH_REASON, np.array([[finish_reason.encode("utf-8")]], dtype=np.object_)
         ),
-        pb_utils.Tensor("num_input_tokens", np.array([[input_words]], dtype=np.uint32)),
-        pb_utils.Tensor("num_output_tokens", np.array([[output_words]], dtype=np.uint32)),
+        pb_utils.Tensor(wire.NUM_INPUT_TOKENS, np.array([[input_words]], dtype=np.uint32)),
+        pb_utils.Tensor(wire.NUM_OUTPUT_TOKENS, np.array([[output_words]], dtype=np.uint32)),
     ]
     if logprobs is not None:
         tensors.append(
-            pb_utils.Tensor("logprobs", np.array([[logprobs.encode("utf-8")]], dtype=np.object_))
+            pb_utils.Tensor(wire.LOGPROBS, np.array([[logprobs.encode("utf-8")]], dtype=np.object_))
         )
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
@@ -117,18 +117,20 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         try:
             text, input_text = self._parse_input(request)
-            params = json.loads(_string_input(request, "sampling_parameters") or "{}")
-            max_tokens = params.get("max_tokens")
-            if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-                raise ValueError("[INVALID_ARG] max_tokens must be a positive integer")
+            params = wire.parse_sampling(_string_input(request, wire.SAMPLING_PARAMETERS))
+            max_tokens = params.max_tokens
+        except wire.WireError as exc:
+            self._fail(sender, wire.error_message(exc.code, exc.message), pb_utils.TritonError.INVALID_ARG)
+            return None
         except (ValueError, KeyError, TypeError) as exc:
-            message = str(exc) if str(exc).startswith("[") else f"[INVALID_ARG] {exc}"
-            self._fail(sender, message, pb_utils.TritonError.INVALID_ARG)
+            code, text = wire.split_error(str(exc))
+            self._fail(sender, wire.error_message(code or "INVALID_ARG", text), pb_utils.TritonError.INVALID_ARG)
             return None
         if "FAIL" in input_text.split():
-            self._fail(sender, "[INVALID_ARG] echo refuses FAIL", pb_utils.TritonError.INVALID_ARG)
+            self._fail(sender, wire.error_message("INVALID_ARG", "echo refuses FAIL"),
+                       pb_utils.TritonError.INVALID_ARG)
             return None
-        if _flag(request, "count_tokens_only"):
+        if _flag(request, wire.COUNT_TOKENS_ONLY):
             sender.send(
                 _response("", "", len(input_text.split()), 0),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
@@ -141,21 +143,21 @@ class TritonPythonModel:
             input_words=len(input_text.split()),
             limit=len(words) if max_tokens is None else min(max_tokens, len(words)),
             slow="SLOW" in input_text.split(),
-            logprobs=int(params.get("logprobs") or 0) if _flag(request, "return_logprobs") else None,
+            logprobs=int(params.logprobs or 0) if _flag(request, wire.RETURN_LOGPROBS) else None,
             request_id=request.request_id(),
         )
 
     @staticmethod
     def _parse_input(request: Any) -> tuple[str, str]:
         """(the words to echo, the whole input whose words count as prompt tokens)."""
-        raw_messages = _string_input(request, "messages")
+        raw_messages = _string_input(request, wire.MESSAGES)
         if raw_messages is not None:
             messages = json.loads(raw_messages)
             if not isinstance(messages, list) or not messages:
                 raise ValueError("[INVALID_ARG] messages must be a non-empty JSON list")
-            contents = [str(m["content"]) for m in messages]
+            contents = [str(m.get("content") or "") for m in messages]
             return contents[-1], " ".join(contents)
-        text = _string_input(request, "text_input")
+        text = _string_input(request, wire.TEXT_INPUT)
         if text is None:
             raise ValueError("[INVALID_ARG] either text_input or messages is required")
         return text, text
