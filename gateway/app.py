@@ -22,7 +22,7 @@ from gateway.errors import AuthenticationError, GatewayError, InvalidRequestErro
 from gateway.llm_client import LLMClient
 from gateway.metrics import METRICS_PATH, install_metrics
 from gateway.model_registry import ModelRegistry
-from gateway.routers import chat, completions, embeddings, models, tokens
+from gateway.routers import chat, completions, embeddings, fastchat, models, tokens
 from gateway.serving import GatewayState
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientDisconnected
@@ -49,6 +49,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.fastchat.close()
             await client.close()
 
     app = FastAPI(title="tritonchat gateway", lifespan=lifespan)
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokens.router)
+    fastchat.install(app)  # FastChat's controller and worker API
     return app
 
 

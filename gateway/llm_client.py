@@ -24,6 +24,9 @@ class ModelCard:
     context_length: int | None
     kind: ModelKind = "generate"
     """What the model serves: text generation (chat, completions) or embeddings."""
+    conv_template: str = ""
+    """FastChat conversation template name for FastChat's clients (`conv_template` in
+    config.pbtxt); empty: ChatML."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     """None: no logprobs; N: the sampled token's logprob and the N most likely per token."""
+    stop_token_ids: tuple[int, ...] | None = None
+    """Token ids that end the generation besides EOS (FastChat's `stop_token_ids`)."""
 
 
 @dataclass(frozen=True)

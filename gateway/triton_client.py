@@ -66,10 +66,14 @@ class TritonModel:
     max_batch_size: int = 0
     inputs: frozenset[str] = frozenset()
     outputs: frozenset[str] = frozenset()
+    conv_template: str = ""
 
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
-        return [ModelCard(n, self.name, self.context_length, self.kind) for n in names]
+        return [
+            ModelCard(n, self.name, self.context_length, self.kind, self.conv_template)
+            for n in names
+        ]
 
 
 def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
@@ -111,6 +115,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         max_batch_size=max_batch_size,
         inputs=inputs,
         outputs=outputs,
+        conv_template=param("conv_template"),
     )
 
 

@@ -7,7 +7,9 @@ Each FastChat model-worker flag has a parameter here:
   --num-gpus/--max-gpu-memory -> num_gpus / max_gpu_memory (split one instance over GPUs)
   --limit-worker-concurrency -> max_num_seqs (plus max_queue_size behind it)
   --stream-interval       -> stream_interval
-  --conv-template         -> chat_template (the model's own template when empty)
+  --conv-template         -> conv_template (the FastChat template name the gateway hands
+                             FastChat's clients; read by the gateway) and chat_template
+                             (a Jinja template; the model's own when empty)
   --model-names           -> served_model_names (read by the gateway)
 """
 
@@ -49,6 +51,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     seed: int = 0
     served_model_names: tuple[str, ...] = ()
+    conv_template: str = ""  # FastChat conversation template name (read by the gateway)
 
     @classmethod
     def from_model_config(
@@ -111,6 +114,7 @@ class EngineConfig:
             served_model_names=tuple(
                 n.strip() for n in raw.get("served_model_names", "").split(",") if n.strip()
             ),
+            conv_template=raw.get("conv_template", "").strip(),
         )
 
 
