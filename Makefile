@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tritonchat-installed
 
-.PHONY: install serve test unit bench clean
+.PHONY: install serve test unit bench clean fastchat-venv
 
 install: $(STAMP)
 
@@ -29,5 +29,10 @@ unit: install
 bench: install
 	$(VENV)/bin/tritonchat bench
 
+# FastChat 0.2.36 itself, in a virtualenv of its own (pydantic 1), for the compatibility tests
+# (they call the same script on first use) and for running FastChat's programs against us.
+fastchat-venv:
+	PYTHON=$(PYTHON) bash scripts/fastchat_venv.sh .venv-fastchat
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-fastchat build *.egg-info
