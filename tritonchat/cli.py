@@ -17,12 +17,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=Path(args.model_repository).resolve(), host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, gateway_port=args.port,
         api_keys=tuple(args.api_key or ()), triton_args=tuple(args.triton_arg or ()),
-        ready_timeout_s=args.ready_timeout)
+        ready_timeout_s=args.ready_timeout, register_with=args.register_with or "",
+        advertise_address=args.advertise_address or "", heartbeat_interval_s=args.heartbeat_interval)
     try:
         return serve(options)
     except (ServeError, TritonNotFoundError) as exc:
         print(f"tritonchat serve: {exc}", file=sys.stderr)
         return 1
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    """Beat until Ctrl-C or SIGTERM, then unregister."""
+    import logging
+    import signal
+    import threading
+
+    from .heartbeat import Heartbeat
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    heartbeat = Heartbeat(args.gateway, args.address, args.interval, args.api_key)
+    heartbeat.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    heartbeat.stop()
+    return 0
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -91,7 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", action="append", help="require this bearer key (repeatable)")
     serve.add_argument("--triton-arg", action="append", help="extra tritonserver flag, e.g. --triton-arg=--log-verbose=1")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
+    serve.add_argument("--register-with", metavar="GATEWAY_URL",
+                       help="start Triton only and register it with this gateway (heart beats)")
+    serve.add_argument("--advertise-address", metavar="HOST:PORT",
+                       help="Triton's gRPC address as the gateway reaches it (default HOST:GRPC_PORT)")
+    serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between beats")
     serve.set_defaults(func=_cmd_serve)
+
+    register = sub.add_parser("register", help="sidecar: keep a running Triton registered with a gateway")
+    register.add_argument("--gateway", required=True, metavar="URL", help="gateway base URL")
+    register.add_argument("--address", required=True, metavar="HOST:PORT",
+                          help="the Triton server's gRPC address as the gateway reaches it")
+    register.add_argument("--interval", type=float, default=5.0, help="seconds between heart beats")
+    register.add_argument("--api-key", default=None, help="the gateway's bearer key, when it has one")
+    register.set_defaults(func=_cmd_register)
 
     for name, func, helptext in (("chat", _cmd_chat, "stream one answer from a model"),
                                  ("models", _cmd_models, "list the served models")):

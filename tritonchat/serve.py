@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .heartbeat import Heartbeat
 from .launch import NotReadyError, gateway_argv, terminate, wait_until_ready
 from .runtime import resolve_runtime
 
@@ -28,6 +29,11 @@ class ServeOptions:
     triton_args: tuple[str, ...] = ()
     ready_timeout_s: float = 300.0
     extra_triton_urls: tuple[str, ...] = ()
+    register_with: str = ""
+    """A gateway URL: start Triton only and register it there with heart beats."""
+    advertise_address: str = ""
+    """The gRPC address the gateway reaches this Triton on (default host:grpc_port)."""
+    heartbeat_interval_s: float = 5.0
 
     def triton_argv(self) -> list[str]:
         return [
@@ -37,6 +43,9 @@ class ServeOptions:
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             *self.triton_args,
         ]
+
+    def triton_address(self) -> str:
+        return self.advertise_address or f"{self.host}:{self.grpc_port}"
 
     def gateway_argv(self) -> list[str]:
         urls = [f"{self.host}:{self.grpc_port}", *self.extra_triton_urls]
@@ -50,6 +59,7 @@ def serve(options: ServeOptions) -> int:
     runtime = resolve_runtime()
     triton: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
+    heartbeat: Heartbeat | None = None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -57,6 +67,18 @@ def serve(options: ServeOptions) -> int:
         triton = subprocess.Popen(runtime.command(options.triton_argv()), env=runtime.env, start_new_session=True)
         wait_until_ready(f"http://{options.host}:{options.http_port}/v2/health/ready", triton,
                          "tritonserver", options.ready_timeout_s, stop=stop)
+        if options.register_with:
+            heartbeat = Heartbeat(options.register_with, options.triton_address(),
+                                  options.heartbeat_interval_s, next(iter(options.api_keys), None))
+            heartbeat.start()
+            print(f"tritonserver: http://{options.host}:{options.http_port} (gRPC "
+                  f"{options.triton_address()}), registering with {options.register_with} every "
+                  f"{options.heartbeat_interval_s:g}s", flush=True)
+            print("Ctrl-C stops it.", flush=True)
+            while not stop.wait(0.5):
+                if triton.poll() is not None:
+                    raise ServeError(f"tritonserver exited with status {triton.returncode}")
+            return 0
         gateway = subprocess.Popen(options.gateway_argv(), start_new_session=True)
         wait_until_ready(f"http://{options.host}:{options.gateway_port}/health", gateway, "gateway",
                          60.0, stop=stop)
@@ -75,5 +97,7 @@ def serve(options: ServeOptions) -> int:
         raise ServeError(str(exc)) from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if heartbeat is not None:
+            heartbeat.stop()
         terminate(gateway)
         terminate(triton)
