@@ -54,22 +54,16 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    """Stream one answer, like FastChat's test_message."""
+    """One message (FastChat's test_message) or an interactive chat (fastchat.serve.cli)."""
     import openai
 
-    client = _client(args)
+    from .chat import ChatOptions, OpenAIBackend, run_chat
+
+    options = ChatOptions(model=args.model, message=args.message, temperature=args.temperature,
+                          max_tokens=args.max_tokens)
     try:
-        model = args.model or client.models.list().data[0].id
-        print(f"{model}: ", end="", flush=True)
-        stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": args.message}], stream=True,
-            temperature=args.temperature, max_tokens=args.max_tokens)
-        for chunk in stream:
-            for choice in chunk.choices:
-                print(choice.delta.content or "", end="", flush=True)
-        print()
-        return 0
-    except openai.APIError as exc:
+        return run_chat(OpenAIBackend(args.url, args.api_key), options, sys.stdin, sys.stdout)
+    except (openai.APIError, RuntimeError) as exc:
         print(f"\ntritonchat chat: {exc}", file=sys.stderr)
         return 1
 
@@ -128,17 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--api-key", default=None, help="the gateway's bearer key, when it has one")
     register.set_defaults(func=_cmd_register)
 
-    for name, func, helptext in (("chat", _cmd_chat, "stream one answer from a model"),
+    for name, func, helptext in (("chat", _cmd_chat, "one message (test_message), or an interactive chat"),
                                  ("models", _cmd_models, "list the served models")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--url", default=DEFAULT_GATEWAY, help="gateway base URL")
+        # FastChat's test_message flags are accepted as written: the gateway is the controller.
+        p.add_argument("--url", "--controller-address", "--worker-address", dest="url",
+                       default=DEFAULT_GATEWAY, help="gateway base URL")
         p.add_argument("--api-key", default=None)
         p.set_defaults(func=func)
         if name == "chat":
-            p.add_argument("--model", default=None, help="served model name (default: the first)")
-            p.add_argument("--message", default="Tell me a story with more than 1000 words.")
+            p.add_argument("--model", "--model-name", dest="model", default=None,
+                           help="served model name (default: the first)")
+            p.add_argument("--message", default=None,
+                           help="send this one message; without it, an interactive chat with history")
             p.add_argument("--temperature", type=float, default=0.0)
-            p.add_argument("--max-tokens", type=int, default=256)
+            p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256)
 
     bench = sub.add_parser("bench", help="measure the engine against the static-batch ceiling")
     from .bench import add_arguments

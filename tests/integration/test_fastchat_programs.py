@@ -125,3 +125,17 @@ def test_openai_api_server_over_our_controller(fastchat_python: Path, gateway: s
         unknown = httpx.post(f"{base}/v1/chat/completions", timeout=30, json={
             "model": "nope", "messages": [{"role": "user", "content": "x"}]})
         assert unknown.status_code == 400 and unknown.json()["code"] == 40301
+
+
+def test_our_chat_takes_test_messages_flags(gateway: str) -> None:
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tritonchat.cli", "chat", "--controller-address", gateway,
+         "--model-name", "echo-alias", "--message", "hello there friend", "--max-new-tokens", "2",
+         "--temperature", "0"],
+        capture_output=True, text=True, timeout=PROGRAM_TIMEOUT_S)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "Models: ['echo', 'echo-alias']", "USER: hello there friend", "ASSISTANT: hello there"]
