@@ -68,6 +68,33 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_import_fastchat(args: argparse.Namespace) -> int:
+    from .import_fastchat import ImportFastChatError, import_command, write_model
+
+    command = list(args.worker_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("tritonchat import-fastchat: give the worker command line after --", file=sys.stderr)
+        return 2
+    try:
+        result = import_command(command, args.name)
+        if args.print:
+            print(result.config_pbtxt(), end="")
+        else:
+            folder = write_model(result, Path(args.model_repository), overwrite=args.force)
+            print(f"wrote {folder / 'config.pbtxt'}")
+    except ImportFastChatError as exc:
+        print(f"tritonchat import-fastchat: {exc}", file=sys.stderr)
+        return 1
+    report = sys.stderr if args.print else sys.stdout
+    for line in result.mapped:
+        print(f"  mapped: {line}", file=report)
+    for flag, reason in result.not_mapped:
+        print(f"  not mapped: {flag}: {reason}", file=report)
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     import openai
 
@@ -137,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="send this one message; without it, an interactive chat with history")
             p.add_argument("--temperature", type=float, default=0.0)
             p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256)
+
+    imp = sub.add_parser(
+        "import-fastchat", help="write a Triton model folder from a FastChat worker command line",
+        description="Example: tritonchat import-fastchat -- CUDA_VISIBLE_DEVICES=0 python -m "
+                    "fastchat.serve.model_worker --model-path lmsys/vicuna-7b-v1.5")
+    imp.add_argument("--model-repository", default="model_repository", help="where the folder is written")
+    imp.add_argument("--name", default=None, help="model name (default: first --model-names, else the path's last part)")
+    imp.add_argument("--force", action="store_true", help="replace an existing config.pbtxt")
+    imp.add_argument("--print", action="store_true", help="print config.pbtxt instead of writing it")
+    imp.add_argument("worker_command", nargs=argparse.REMAINDER,
+                     help="-- then the model_worker / vllm_worker command line")
+    imp.set_defaults(func=_cmd_import_fastchat)
 
     bench = sub.add_parser("bench", help="measure the engine against the static-batch ceiling")
     from .bench import add_arguments
