@@ -8,7 +8,6 @@ SLOW makes it send one word per 50 ms, so the stream and the stop button can be 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.browser import CHROMEDRIVER, CHROMIUM, start_chromium
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess
 from tests.integration.test_gateway_echo import cancelled_count
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 QUESTION = "SLOW 你好 ， **世界** ！ 这是 一个 流式 的 中文 回答 。"
 
 
@@ -33,23 +31,8 @@ def browser() -> Iterator[object]:
         if os.environ.get("CI"):
             pytest.fail("chromium and chromedriver are missing (.ci/run installs them)")
         pytest.skip("Debian's chromium and chromium-driver are not installed (see .ci/run)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1100,760", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with start_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def last_answer(driver: object) -> tuple[str, str, str]:
