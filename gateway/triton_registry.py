@@ -53,11 +53,12 @@ class TritonRegistry:
     async def beat(self, address: str, interval_s: float) -> bool:
         """Register or refresh `address`; True when it is new (now added to the pool)."""
         known = self._servers.get(address)
-        self._servers[address] = _Registration(interval_s, self._clock())
         if known is not None:
+            known.interval_s, known.last_beat = interval_s, self._clock()
             return False
+        await self._pool.add_endpoint(address)  # raises ValueError for a bad address
+        self._servers[address] = _Registration(interval_s, self._clock())
         logger.info("Triton server %s registered (beats every %.1fs)", address, interval_s)
-        await self._pool.add_endpoint(address)
         self._ensure_task()
         return True
 

@@ -195,7 +195,12 @@ async def get_worker_address(request: Request) -> dict[str, str]:
     """Our own address for models on Triton; a registered worker's for its models; "" when
     nobody serves the model (FastChat's answer)."""
     body = await _parse(request, ModelRequest)
-    if await _card(request, body.model) is not None:
+    try:
+        on_triton = await _card(request, body.model) is not None
+    except GatewayError as exc:  # Triton unreachable: registered workers may still serve it
+        logger.warning("get_worker_address without Triton's models: %s", exc.message)
+        on_triton = False
+    if on_triton:
         return {"address": _own_address(request)}
     return {"address": _fastchat(request).workers.pick(body.model) or ""}
 
