@@ -22,6 +22,7 @@ import pytest
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 from tests.integration.test_multi_triton import (
+    metric,
     ECHO_MODEL,
     SteadyLoad,
     endpoint_ready,
@@ -87,3 +88,44 @@ def check_join_and_leave(gateway: str, first: TritonProcess, second: TritonProce
     after = [o for o in load.outcomes if o.started >= out]
     assert after and all(o.status == 200 for o in after), [o for o in after if o.status != 200][:3]
     assert served(first) > 0
+
+
+def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
+                                                      echo_triton: TritonProcess) -> None:
+    """`tritonchat serve --register-with`: Triton alone, registered; SIGTERM unregisters it
+    at once and stops Triton."""
+    from tritonchat.launch import free_port
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    address = f"127.0.0.1:{grpc}"
+    with launch_gateway([echo_triton.grpc_url]) as gateway:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "tritonchat.cli", "serve", "--model-repository",
+             str(copy_echo_repository(tmp_path)), "--http-port", str(http), "--grpc-port", str(grpc),
+             "--metrics-port", str(metrics), "--register-with", gateway, "--heartbeat-interval", "30"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            def routed() -> bool:
+                return metric(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready",
+                              {"endpoint": address}) == 1.0
+
+            wait_until(routed, "the served Triton routed to", timeout_s=240, alive=serve)  # type: ignore[arg-type]
+            metrics_url = f"http://127.0.0.1:{metrics}/metrics"
+            with httpx.Client(base_url=gateway, timeout=30) as client:
+                for _ in range(6):
+                    assert client.post("/v1/completions",
+                                       json={"model": "echo", "prompt": "x"}).status_code == 200
+            assert (metric(metrics_url, "nv_inference_request_success", {"model": "echo"}) or 0) >= 2
+
+            serve.send_signal(signal.SIGTERM)
+            wait_until(lambda: not routed(), "the unregistered server out of rotation",
+                       timeout_s=10)  # long before its next beat (30 s)
+            assert serve.wait(timeout=60) == 0
+            with httpx.Client(base_url=gateway, timeout=30) as client:
+                for _ in range(4):
+                    assert client.post("/v1/completions",
+                                       json={"model": "echo", "prompt": "x"}).status_code == 200
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+                serve.wait(timeout=10)
