@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tritonchat-installed
 
-.PHONY: install serve test unit bench soak clean
+.PHONY: install serve test unit bench soak clean fastchat-venv
 
 install: $(STAMP)
 
@@ -33,5 +33,10 @@ bench: install
 soak: install
 	$(PY) scripts/soak.py --minutes 10 --users 16
 
+# FastChat 0.2.36 itself, in a virtualenv of its own (pydantic 1), for the compatibility tests
+# (they call the same script on first use) and for running FastChat's programs against us.
+fastchat-venv:
+	PYTHON=$(PYTHON) bash scripts/fastchat_venv.sh .venv-fastchat
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-fastchat build *.egg-info

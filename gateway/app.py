@@ -23,15 +23,16 @@ from gateway.errors import AuthenticationError, GatewayError, InvalidRequestErro
 from gateway.llm_client import LLMClient
 from gateway.metrics import METRICS_PATH, install_metrics
 from gateway.model_registry import ModelRegistry
-from gateway.routers import chat, completions, embeddings, models, tokens
+from gateway.routers import chat, completions, embeddings, fastchat, models, tokens, webui
 from gateway.serving import GatewayState
 from gateway.settings import GatewaySettings
 from gateway.streaming import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", METRICS_PATH})
-"""Routes that need no API key (Prometheus scrapes `/metrics` like a health probe)."""
+OPEN_PATHS = frozenset({"/health", METRICS_PATH, "/"})
+"""Routes that need no API key (Prometheus scrapes `/metrics` like a health probe; the web
+chat page at `/` asks for the key itself)."""
 
 # Pydantic puts union member tags ("str", "list[str]", "TextPart") into error locations.
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
@@ -50,6 +51,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.fastchat.close()
             await client.close()
 
     app = FastAPI(title="tritonchat gateway", lifespan=lifespan)
@@ -69,6 +71,8 @@ def create_app(
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokens.router)
+    fastchat.install(app)  # FastChat's controller and worker API
+    app.include_router(webui.router)
     return app
 
 

@@ -33,6 +33,9 @@ class ModelCard:
     """How tool calls are read from answers to tool_choice "auto" (gateway/tools.py)."""
     reasoning_parser: str = ""
     """"think": `<think>...</think>` becomes `reasoning_content`; empty: none."""
+    conv_template: str = ""
+    """FastChat conversation template name for FastChat's clients (`conv_template` in
+    config.pbtxt); empty: ChatML."""
 
 
 SamplingParams = WireSampling

@@ -264,6 +264,8 @@ class RoutedLLMClient:
         self._clock = clock
         # Owner: the event loop. Address -> endpoint, in target order.
         self._endpoints: dict[str, Endpoint] = {}
+        # Servers that registered at run time (`add_endpoint`), beside the fixed targets.
+        self._joined: dict[str, EndpointTarget] = {}
         self._picks = 0
         self._started = False
         self._closed = False
@@ -314,6 +316,25 @@ class RoutedLLMClient:
             except Exception:  # one bad round must not end health checking
                 logger.exception("endpoint health round failed")
 
+    # ---- servers that join at run time ----------------------------------------------
+
+    async def add_endpoint(self, address: str) -> None:
+        """Add a server that registered itself (`HOST:PORT`); probed at once, so it takes
+        requests as soon as it is ready. Raises `ValueError` for a malformed address."""
+        split_host_port(address)
+        await self.start()
+        if address in self._joined:
+            return
+        self._joined[address] = EndpointTarget(address)
+        await self._sync_endpoints()
+        await self._probe(self._endpoints[address])
+
+    async def remove_endpoint(self, address: str) -> None:
+        """Take a registered server out: no new requests; dropped once its requests end."""
+        if self._joined.pop(address, None) is None:
+            return
+        await self._sync_endpoints()
+
     # ---- health ----------------------------------------------------------------------
 
     def endpoints(self) -> list[Endpoint]:
@@ -333,7 +354,7 @@ class RoutedLLMClient:
     async def _sync_endpoints(self) -> None:
         wanted: dict[str, tuple[EndpointTarget, str | None]] = {}
         kept: set[str] = set()
-        for target in self._targets:
+        for target in (*self._targets, *self._joined.values()):
             if not target.is_dns:
                 wanted[target.url] = (target, _metrics_url(target.url, target.metrics_port))
                 continue

@@ -69,12 +69,14 @@ class TritonModel:
     capacity: int | None = None
     """Running + queued requests the server takes before refusing (chatllm's max_num_seqs
     + max_queue_size, times its instances); None when the config does not say."""
+    conv_template: str = ""
 
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
         return [
             ModelCard(n, self.name, self.context_length, self.kind, capacity=self.capacity,
-                      tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser)
+                      tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser,
+                      conv_template=self.conv_template)
             for n in names
         ]
 
@@ -121,6 +123,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         outputs=outputs,
         tool_call_parser=param("tool_call_parser") or "hermes",
         reasoning_parser=param("reasoning_parser"),
+        conv_template=param("conv_template"),
     )
 
 

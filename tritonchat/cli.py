@@ -17,12 +17,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=Path(args.model_repository).resolve(), host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, gateway_port=args.port,
         api_keys=tuple(args.api_key or ()), triton_args=tuple(args.triton_arg or ()),
-        ready_timeout_s=args.ready_timeout, grace_period_s=args.grace_period)
+        ready_timeout_s=args.ready_timeout, grace_period_s=args.grace_period,
+        register_with=args.register_with or "", advertise_address=args.advertise_address or "",
+        heartbeat_interval_s=args.heartbeat_interval)
     try:
         return serve(options)
     except (ServeError, TritonNotFoundError) as exc:
         print(f"tritonchat serve: {exc}", file=sys.stderr)
         return 1
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    """Beat until Ctrl-C or SIGTERM, then unregister."""
+    import logging
+    import signal
+    import threading
+
+    from .heartbeat import Heartbeat
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    heartbeat = Heartbeat(args.gateway, args.address, args.interval, args.api_key)
+    heartbeat.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    heartbeat.stop()
+    return 0
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -32,24 +55,45 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    """Stream one answer, like FastChat's test_message."""
+    """One message (FastChat's test_message) or an interactive chat (fastchat.serve.cli)."""
     import openai
 
-    client = _client(args)
+    from .chat import ChatOptions, OpenAIBackend, run_chat
+
+    options = ChatOptions(model=args.model, message=args.message, temperature=args.temperature,
+                          max_tokens=args.max_tokens)
     try:
-        model = args.model or client.models.list().data[0].id
-        print(f"{model}: ", end="", flush=True)
-        stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": args.message}], stream=True,
-            temperature=args.temperature, max_tokens=args.max_tokens)
-        for chunk in stream:
-            for choice in chunk.choices:
-                print(choice.delta.content or "", end="", flush=True)
-        print()
-        return 0
-    except openai.APIError as exc:
+        return run_chat(OpenAIBackend(args.url, args.api_key), options, sys.stdin, sys.stdout)
+    except (openai.APIError, RuntimeError) as exc:
         print(f"\ntritonchat chat: {exc}", file=sys.stderr)
         return 1
+
+
+def _cmd_import_fastchat(args: argparse.Namespace) -> int:
+    from .import_fastchat import ImportFastChatError, import_command, write_model
+
+    command = list(args.worker_command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print("tritonchat import-fastchat: give the worker command line after --", file=sys.stderr)
+        return 2
+    try:
+        result = import_command(command, args.name)
+        if args.print:
+            print(result.config_pbtxt(), end="")
+        else:
+            folder = write_model(result, Path(args.model_repository), overwrite=args.force)
+            print(f"wrote {folder / 'config.pbtxt'}")
+    except ImportFastChatError as exc:
+        print(f"tritonchat import-fastchat: {exc}", file=sys.stderr)
+        return 1
+    report = sys.stderr if args.print else sys.stdout
+    for line in result.mapped:
+        print(f"  mapped: {line}", file=report)
+    for flag, reason in result.not_mapped:
+        print(f"  not mapped: {flag}: {reason}", file=report)
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -93,19 +137,48 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     serve.add_argument("--grace-period", type=float, default=30.0,
                        help="seconds running requests get to finish when stopping (SIGTERM/Ctrl-C)")
+    serve.add_argument("--register-with", metavar="GATEWAY_URL",
+                       help="start Triton only and register it with this gateway (heart beats)")
+    serve.add_argument("--advertise-address", metavar="HOST:PORT",
+                       help="Triton's gRPC address as the gateway reaches it (default HOST:GRPC_PORT)")
+    serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between beats")
     serve.set_defaults(func=_cmd_serve)
 
-    for name, func, helptext in (("chat", _cmd_chat, "stream one answer from a model"),
+    register = sub.add_parser("register", help="sidecar: keep a running Triton registered with a gateway")
+    register.add_argument("--gateway", required=True, metavar="URL", help="gateway base URL")
+    register.add_argument("--address", required=True, metavar="HOST:PORT",
+                          help="the Triton server's gRPC address as the gateway reaches it")
+    register.add_argument("--interval", type=float, default=5.0, help="seconds between heart beats")
+    register.add_argument("--api-key", default=None, help="the gateway's bearer key, when it has one")
+    register.set_defaults(func=_cmd_register)
+
+    for name, func, helptext in (("chat", _cmd_chat, "one message (test_message), or an interactive chat"),
                                  ("models", _cmd_models, "list the served models")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--url", default=DEFAULT_GATEWAY, help="gateway base URL")
+        # FastChat's test_message flags are accepted as written: the gateway is the controller.
+        p.add_argument("--url", "--controller-address", "--worker-address", dest="url",
+                       default=DEFAULT_GATEWAY, help="gateway base URL")
         p.add_argument("--api-key", default=None)
         p.set_defaults(func=func)
         if name == "chat":
-            p.add_argument("--model", default=None, help="served model name (default: the first)")
-            p.add_argument("--message", default="Tell me a story with more than 1000 words.")
+            p.add_argument("--model", "--model-name", dest="model", default=None,
+                           help="served model name (default: the first)")
+            p.add_argument("--message", default=None,
+                           help="send this one message; without it, an interactive chat with history")
             p.add_argument("--temperature", type=float, default=0.0)
-            p.add_argument("--max-tokens", type=int, default=256)
+            p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", type=int, default=256)
+
+    imp = sub.add_parser(
+        "import-fastchat", help="write a Triton model folder from a FastChat worker command line",
+        description="Example: tritonchat import-fastchat -- CUDA_VISIBLE_DEVICES=0 python -m "
+                    "fastchat.serve.model_worker --model-path lmsys/vicuna-7b-v1.5")
+    imp.add_argument("--model-repository", default="model_repository", help="where the folder is written")
+    imp.add_argument("--name", default=None, help="model name (default: first --model-names, else the path's last part)")
+    imp.add_argument("--force", action="store_true", help="replace an existing config.pbtxt")
+    imp.add_argument("--print", action="store_true", help="print config.pbtxt instead of writing it")
+    imp.add_argument("worker_command", nargs=argparse.REMAINDER,
+                     help="-- then the model_worker / vllm_worker command line")
+    imp.set_defaults(func=_cmd_import_fastchat)
 
     bench = sub.add_parser("bench", help="measure the engine against the static-batch ceiling")
     from .bench import add_arguments

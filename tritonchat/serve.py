@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .heartbeat import Heartbeat
 from .launch import NotReadyError, gateway_argv, spawn, terminate, wait_until_ready
 from .runtime import resolve_runtime
 
@@ -41,6 +42,11 @@ class ServeOptions:
     extra_triton_urls: tuple[str, ...] = ()
     grace_period_s: float = 30.0
     """On stop, time in-flight generations get to finish (gateway and Triton each)."""
+    register_with: str = ""
+    """A gateway URL: start Triton only and register it there with heart beats."""
+    advertise_address: str = ""
+    """The gRPC address the gateway reaches this Triton on (default host:grpc_port)."""
+    heartbeat_interval_s: float = 5.0
 
     def triton_argv(self) -> list[str]:
         exit_timeout = [] if any(a.startswith("--exit-timeout-secs") for a in self.triton_args) else [
@@ -53,14 +59,18 @@ class ServeOptions:
             *exit_timeout, *self.triton_args,
         ]
 
+    def triton_address(self) -> str:
+        return self.advertise_address or f"{self.host}:{self.grpc_port}"
+
     def gateway_argv(self) -> list[str]:
         urls = [f"{self.host}:{self.grpc_port}", *self.extra_triton_urls]
         return gateway_argv(self.host, self.gateway_port, urls, list(self.api_keys),
                             ["--graceful-shutdown-s", str(self.grace_period_s)])
 
     def ports(self) -> list[tuple[str, int]]:
-        return [("Triton HTTP", self.http_port), ("Triton gRPC", self.grpc_port),
-                ("Triton metrics", self.metrics_port), ("gateway", self.gateway_port)]
+        triton = [("Triton HTTP", self.http_port), ("Triton gRPC", self.grpc_port),
+                  ("Triton metrics", self.metrics_port)]
+        return triton if self.register_with else [*triton, ("gateway", self.gateway_port)]
 
 
 def check_ports_free(options: ServeOptions) -> None:
@@ -87,6 +97,7 @@ def serve(options: ServeOptions) -> int:
     runtime = resolve_runtime()
     triton: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
+    heartbeat: Heartbeat | None = None
     stop = threading.Event()
     # Both stop signals set the same event, also where SIGINT was inherited as ignored (nohup, `&`).
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -95,6 +106,18 @@ def serve(options: ServeOptions) -> int:
         triton = spawn(runtime.command(options.triton_argv()), env=runtime.env)
         wait_until_ready(f"http://{options.host}:{options.http_port}/v2/health/ready", triton,
                          "tritonserver", options.ready_timeout_s, stop=stop)
+        if options.register_with:
+            heartbeat = Heartbeat(options.register_with, options.triton_address(),
+                                  options.heartbeat_interval_s, next(iter(options.api_keys), None))
+            heartbeat.start()
+            print(f"tritonserver: http://{options.host}:{options.http_port} (gRPC "
+                  f"{options.triton_address()}), registering with {options.register_with} every "
+                  f"{options.heartbeat_interval_s:g}s", flush=True)
+            print("Ctrl-C stops it.", flush=True)
+            while not stop.wait(0.5):
+                if triton.poll() is not None:
+                    raise ServeError(f"tritonserver exited with status {triton.returncode}")
+            return 0
         gateway = spawn(options.gateway_argv())
         wait_until_ready(f"http://{options.host}:{options.gateway_port}/health", gateway, "gateway",
                          60.0, stop=stop)
@@ -114,6 +137,8 @@ def serve(options: ServeOptions) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if heartbeat is not None:
+            heartbeat.stop()
         # The gateway first: it drains its streams while Triton still serves them.
         terminate(gateway, options.grace_period_s + STOP_MARGIN_S)
         terminate(triton, options.grace_period_s + STOP_MARGIN_S)

@@ -7,7 +7,9 @@ Each FastChat model-worker flag has a parameter here:
   --num-gpus/--max-gpu-memory -> num_gpus / max_gpu_memory (split one instance over GPUs)
   --limit-worker-concurrency -> max_num_seqs (plus max_queue_size behind it)
   --stream-interval       -> stream_interval
-  --conv-template         -> chat_template (the model's own template when empty)
+  --conv-template         -> conv_template (the FastChat template name the gateway hands
+                             FastChat's clients; read by the gateway) and chat_template
+                             (a Jinja template; the model's own when empty)
   --model-names           -> served_model_names (read by the gateway)
 Read by both sides: tool_call_parser (how `tools` with tool_choice "auto" are parsed from the
 output, and which default tool prompt templates without tool support get) and
@@ -56,6 +58,7 @@ class EngineConfig:
     served_model_names: tuple[str, ...] = ()
     tool_call_parser: str = "hermes"  # how the gateway parses tool calls; the default tool prompt's format
     reasoning_parser: str = ""  # "think": <think>...</think> becomes reasoning_content (gateway)
+    conv_template: str = ""  # FastChat conversation template name (read by the gateway)
 
     @classmethod
     def from_model_config(
@@ -122,6 +125,7 @@ class EngineConfig:
                                  f"one of {TOOL_CALL_PARSERS}"),
             reasoning_parser=get("reasoning_parser", str, "", lambda v: v in REASONING_PARSERS,
                                  f"one of {REASONING_PARSERS}"),
+            conv_template=raw.get("conv_template", "").strip(),
         )
 
 
