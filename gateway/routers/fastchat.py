@@ -343,7 +343,7 @@ def sampling_of(params: WorkerGenerateParams) -> SamplingParams:
         seed=params.seed,
         stop=params.stop_strings(),
         logprobs=params.logprobs,
-        stop_token_ids=tuple(params.stop_token_ids) if params.stop_token_ids else None,
+        stop_token_ids=tuple(params.stop_token_ids or ()),
     )
 
 
