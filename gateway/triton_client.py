@@ -66,10 +66,12 @@ class TritonModel:
     max_batch_size: int = 0
     inputs: frozenset[str] = frozenset()
     outputs: frozenset[str] = frozenset()
+    engine: str | None = None
+    """chatllm's `engine` parameter ("ours" when unset); None for other backends."""
 
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
-        return [ModelCard(n, self.name, self.context_length, self.kind) for n in names]
+        return [ModelCard(n, self.name, self.context_length, self.kind, self.engine) for n in names]
 
 
 def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
@@ -102,6 +104,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
                 "model %s: max_model_len %r is not an integer", name, param("max_model_len")
             )
     max_batch_size = int(config.get("max_batch_size", 0))
+    engine = param("engine") or ("ours" if config.get("backend") == "chatllm" else None)
     return TritonModel(
         name=name,
         batched=max_batch_size > 0,
@@ -111,6 +114,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         max_batch_size=max_batch_size,
         inputs=inputs,
         outputs=outputs,
+        engine=engine,
     )
 
 

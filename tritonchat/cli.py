@@ -17,7 +17,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_repository=Path(args.model_repository).resolve(), host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, gateway_port=args.port,
         api_keys=tuple(args.api_key or ()), triton_args=tuple(args.triton_arg or ()),
-        ready_timeout_s=args.ready_timeout)
+        ready_timeout_s=args.ready_timeout,
+        python_env=Path(args.python_env).resolve() if args.python_env else None)
     try:
         return serve(options)
     except (ServeError, TritonNotFoundError) as exc:
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", action="append", help="require this bearer key (repeatable)")
     serve.add_argument("--triton-arg", action="append", help="extra tritonserver flag, e.g. --triton-arg=--log-verbose=1")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
+    serve.add_argument("--python-env", default=None,
+                       help="virtualenv whose Python runs the models, e.g. .venv-vllm for `engine: vllm` models")
     serve.set_defaults(func=_cmd_serve)
 
     for name, func, helptext in (("chat", _cmd_chat, "stream one answer from a model"),

@@ -28,6 +28,7 @@ class ServeOptions:
     triton_args: tuple[str, ...] = ()
     ready_timeout_s: float = 300.0
     extra_triton_urls: tuple[str, ...] = ()
+    python_env: Path | None = None  # the models' virtualenv (e.g. .venv-vllm); default: this one
 
     def triton_argv(self) -> list[str]:
         return [
@@ -47,7 +48,7 @@ def serve(options: ServeOptions) -> int:
     """Start both servers, print where they listen, and run until Ctrl-C or a server dies."""
     if not (options.model_repository / "").is_dir():
         raise ServeError(f"model repository {options.model_repository} does not exist")
-    runtime = resolve_runtime()
+    runtime = resolve_runtime(options.python_env)
     triton: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
