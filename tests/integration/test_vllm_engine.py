@@ -44,11 +44,13 @@ def client(stack: tuple[TritonProcess, str]) -> openai.OpenAI:
 
 
 def metric(triton: TritonProcess, name: str, **labels: str) -> float:
+    """One sample of `name` for this model whose labels include `labels` (in any order)."""
+    wanted = [f'{key}="{value}"' for key, value in {"model": MODEL, **labels}.items()]
     text = httpx.get(triton.metrics_url, timeout=10).text
-    extra = "".join(f'[^}}]*{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf'^{name}{{[^}}]*model="{MODEL}"{extra}[^}}]*}} (\S+)$', text, re.MULTILINE)
-    assert match, f"{name} missing from {triton.metrics_url}"
-    return float(match.group(1))
+    for found, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
+        if all(label in found.split(",") for label in wanted):
+            return float(value)
+    raise AssertionError(f"{name} {labels} missing from {triton.metrics_url}")
 
 
 def test_models_list_the_vllm_engine(stack: tuple[TritonProcess, str], client: openai.OpenAI) -> None:

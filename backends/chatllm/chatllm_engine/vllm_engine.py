@@ -178,11 +178,11 @@ class VllmEngine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.stats = EngineStats()
+        self._stats = EngineStats()  # written by vLLM's stat logger on the event loop
         self.max_model_len = 0
         self.kv_cache_tokens = 0
         self.tokenizer: Any = None
-        self._stats_logger = _StatsLogger(self.stats)
+        self._stats_logger = _StatsLogger(self._stats)
         self._engine: Any = None
         self._vllm: Any = None
         # The event loop thread owns _engine calls and _tasks; other threads only schedule onto it.
@@ -194,11 +194,23 @@ class VllmEngine:
         self._in_flight = 0
         self._stopped = False
 
+    @property
+    def stats(self) -> EngineStats:
+        """vLLM's numbers as of its last step. vLLM reports only while it steps, so once no
+        request is in flight here, nothing runs or waits there either (a cancelled stream
+        would otherwise stay "running" in the gauges until the next request)."""
+        with self._lock:
+            idle = self._in_flight == 0
+        if not idle:
+            return dataclasses.replace(self._stats)
+        return dataclasses.replace(self._stats, running=0, waiting=0, kv_slots=0)
+
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the loop thread and build vLLM's engine on it (compiles on a first start)."""
         self._set_cpu_environment()
+        _utf8_locale()
         import vllm  # noqa: PLC0415 - lazy: only this engine needs it
         from transformers import AutoTokenizer
 
@@ -260,6 +272,7 @@ class VllmEngine:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if self._engine is not None:
             self._engine.shutdown()
+            self._engine = None
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -404,6 +417,22 @@ class VllmEngine:
         return TokenEvent(request_id=request_id, text=completion.text, num_output_tokens=len(token_ids),
                           num_input_tokens=num_input_tokens, finish_reason=reason, token_ids=token_ids,
                           logprobs=logprobs)
+
+
+def _utf8_locale() -> None:
+    """Triton's stub embeds Python without locale setup, so files opened without an encoding
+    read as ASCII there; vLLM opens some that way (and fails on the first non-ASCII byte)."""
+    import locale
+
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return
+        except locale.Error:
+            continue
+    logger.warning("no UTF-8 locale: vLLM may fail to read non-ASCII files")
 
 
 def _deliver(sink: EventSink, request_id: str, event: TokenEvent | EngineError) -> None:
