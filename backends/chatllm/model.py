@@ -224,10 +224,9 @@ class TritonPythonModel:
             self.engine = self._engine_thread.start()
         except EngineError as exc:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
+        kv_cache_tokens = getattr(self.engine, "kv_cache_tokens", config.kv_cache_tokens)  # vLLM sizes its own
         self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"),
-                                 args.get("model_instance_name", ""),
-                                 getattr(self.engine, "kv_cache_tokens", config.kv_cache_tokens),
-                                 self._engine_thread.kind)
+                                 args.get("model_instance_name", ""), kv_cache_tokens, self._engine_thread.kind)
 
         # _inflight is written by execute() (add) and the response thread (remove): _lock guards it.
         self._lock = threading.Lock()
@@ -239,7 +238,7 @@ class TritonPythonModel:
         self._response_thread.start()
         logger.info("%s ready on %s (engine %s): max_num_seqs=%d kv_cache_tokens=%d max_model_len=%d",
                     args["model_name"], config.device, self._engine_thread.kind, config.max_num_seqs,
-                    config.kv_cache_tokens, self.engine.max_model_len)
+                    kv_cache_tokens, self.engine.max_model_len)
 
     # ---- execute thread ------------------------------------------------------------------
 
