@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -67,8 +68,12 @@ def materialize_gguf(folder: str, gguf_file: str, trust_remote_code: bool, cache
         del model.config.quantization_config
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    if not (target / "config.json").exists():
+    try:
         partial.rename(target)
+    except OSError:  # another process finished the same copy first
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 
