@@ -65,3 +65,17 @@ def test_a_stop_string_keeps_the_last_tokens_logprobs_and_a_running_output_has_n
     running = VllmEngine._event("r", _output([11], " Paris", None), 3, None)
     assert running.finish_reason is None and running.logprobs is None
     assert VllmEngine._event("r", _output([], "", "length"), 3, None).finish_reason is FinishReason.LENGTH
+
+
+def test_stats_follow_vllms_steps_and_drop_to_idle_when_nothing_is_in_flight() -> None:
+    engine = VllmEngine(EngineConfig.from_parameters({"model_path": "m", "engine": "vllm"}))
+    logger = engine._stats_logger  # noqa: SLF001 - fed here as vLLM feeds it after each step
+    logger.kv_cache_tokens = 1000
+    scheduler = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=1, kv_cache_usage=0.25)
+    logger.record(scheduler, SimpleNamespace(num_generation_tokens=3, num_preempted_reqs=0))
+    engine._in_flight = 4  # noqa: SLF001 - requests handed to vLLM and not finished
+    stats = engine.stats
+    assert (stats.running, stats.waiting, stats.kv_slots, stats.output_tokens, stats.steps) == (3, 1, 250, 3, 1)
+    engine._in_flight = 0  # noqa: SLF001 - vLLM reports nothing once it stops stepping
+    idle = engine.stats
+    assert (idle.running, idle.waiting, idle.kv_slots, idle.output_tokens, idle.max_batch_size) == (0, 0, 0, 3, 3)
