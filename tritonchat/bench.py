@@ -316,6 +316,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model", default="smollm2", help="model name sent with --url")
     parser.add_argument("--label", default="", help="mode label of the results (default e2e, or the --url's)")
     parser.add_argument("--output", default="", help="folder for results.json, results.md, throughput.png")
+    # Engines side by side, end to end (tritonchat/bench_engines.py).
+    parser.add_argument("--engine", nargs="+", choices=["ours", "vllm"], default=None,
+                        help="compare these engines end to end instead (vllm: needs make vllm-install)")
+    parser.add_argument("--vllm-alone", action="store_true", help="with --engine: also vLLM's own OpenAI server")
+    parser.add_argument("--vllm-venv", default=str(ROOT / ".venv-vllm"))
+    parser.add_argument("--repeat", type=int, default=1, help="with --engine: runs per C, the median is kept")
+    parser.add_argument("--skip-ceiling", action="store_true", help="with --engine: no static-batch ceiling")
 
 
 def _table(results: list[Result]) -> str:
@@ -366,6 +373,10 @@ def _as_backend_loads(plain_model: Any, config: Any) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.engine:
+        from .bench_engines import main as compare_engines
+
+        return compare_engines(args)
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.loader import load_model
 

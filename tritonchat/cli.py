@@ -19,7 +19,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         api_keys=tuple(args.api_key or ()), triton_args=tuple(args.triton_arg or ()),
         ready_timeout_s=args.ready_timeout, grace_period_s=args.grace_period,
         register_with=args.register_with or "", advertise_address=args.advertise_address or "",
-        heartbeat_interval_s=args.heartbeat_interval)
+        heartbeat_interval_s=args.heartbeat_interval,
+        python_env=Path(args.python_env).resolve() if args.python_env else None)
     try:
         return serve(options)
     except (ServeError, TritonNotFoundError) as exc:
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--advertise-address", metavar="HOST:PORT",
                        help="Triton's gRPC address as the gateway reaches it (default HOST:GRPC_PORT)")
     serve.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between beats")
+    serve.add_argument("--python-env", default=None,
+                       help="virtualenv whose Python runs the models, e.g. .venv-vllm for `engine: vllm` models")
     serve.set_defaults(func=_cmd_serve)
 
     register = sub.add_parser("register", help="sidecar: keep a running Triton registered with a gateway")

@@ -150,13 +150,15 @@ def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[st
 
 @contextlib.contextmanager
 def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
-                  ports: tuple[int, int, int] | None = None) -> Iterator[TritonProcess]:
+                  ports: tuple[int, int, int] | None = None, python_env: Path | None = None,
+                  ready_timeout_s: float = TRITON_READY_TIMEOUT_S) -> Iterator[TritonProcess]:
     """A tritonserver serving `model_repository`; ready when yielded.
 
     `ports` are (HTTP, gRPC, metrics), e.g. those of a server that was killed, to restart it
-    where its clients expect it; free ports when None.
+    where its clients expect it; free ports when None. `python_env`: the virtualenv whose
+    Python runs the models (e.g. `.venv-vllm` for vLLM-engine models).
     """
-    runtime = resolve_runtime()
+    runtime = resolve_runtime(python_env)
     http, grpc, metrics = ports if ports is not None else (free_port(), free_port(), free_port())
     args = [f"--model-repository={model_repository}", f"--http-port={http}", f"--grpc-port={grpc}",
             f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
@@ -166,7 +168,7 @@ def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
         process = spawn(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT)
     handle = TritonProcess(process, http, grpc, metrics, log)
     try:
-        wait_until_ready(f"{handle.http_url}/v2/health/ready", process, "tritonserver", TRITON_READY_TIMEOUT_S, log)
+        wait_until_ready(f"{handle.http_url}/v2/health/ready", process, "tritonserver", ready_timeout_s, log)
         yield handle
     finally:
         terminate(process)

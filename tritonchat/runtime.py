@@ -10,8 +10,10 @@ very same libpython (see shared FACTS: PATH and LD_LIBRARY_PATH both matter).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -116,11 +118,43 @@ def _runtime_home() -> Path:
     return Path(os.environ.get("TRITONCHAT_RUNTIME_DIR", Path(sys.prefix) / "var" / "tritonchat"))
 
 
-def resolve_runtime() -> TritonRuntime:
-    """Find a tritonserver and build its backend directory and environment."""
+@dataclass(frozen=True)
+class PythonEnv:
+    """The Python the backend stub embeds: its `bin/` (for `python3` on PATH), version and LIBDIR."""
+
+    bin_dir: Path
+    version: str  # "3.11"
+    libdir: str
+
+    @classmethod
+    def current(cls) -> PythonEnv:
+        return cls(Path(sys.executable).parent, f"{sys.version_info.major}.{sys.version_info.minor}",
+                   str(sysconfig.get_config_var("LIBDIR")))
+
+    @classmethod
+    def of(cls, venv: Path) -> PythonEnv:
+        """Another virtualenv's Python (e.g. `.venv-vllm`, whose packages clash with ours)."""
+        python = venv / "bin" / "python3"
+        if not python.exists():
+            raise TritonNotFoundError(f"{venv} is not a virtualenv (no bin/python3)")
+        probe = ("import json, sys, sysconfig; print(json.dumps([f'{sys.version_info.major}."
+                 "{sys.version_info.minor}', sysconfig.get_config_var('LIBDIR')]))")
+        version, libdir = json.loads(subprocess.run([str(python), "-c", probe], check=True, capture_output=True,
+                                                    text=True).stdout)
+        return cls(python.parent, version, str(libdir))
+
+
+def resolve_runtime(python_env: Path | None = None) -> TritonRuntime:
+    """Find a tritonserver and build its backend directory and environment.
+
+    `python_env`: a virtualenv for the models' Python (default: this one). The server binary
+    still comes from here; only the stub's interpreter and libpython come from there.
+    """
+    python = PythonEnv.current() if python_env is None else PythonEnv.of(python_env)
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    backends = _runtime_home() / "backends"
+    env["PATH"] = os.pathsep.join([str(python.bin_dir), env.get("PATH", "")])
+    same = python.version == PythonEnv.current().version  # one stub per Python version
+    backends = _runtime_home() / ("backends" if same else f"backends-py{python.version}")
 
     system = _system_tritonserver()
     if system is not None:
@@ -134,12 +168,11 @@ def resolve_runtime() -> TritonRuntime:
             "no tritonserver found: neither /opt/tritonserver (NGC image) nor the "
             "nvidia-pytriton wheel; run `make install`"
         )
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = home / "python_backend_stubs" / python.version / "triton_python_backend_stub"
     if not stub.exists():
-        raise TritonNotFoundError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+        raise TritonNotFoundError(f"nvidia-pytriton ships no Python backend stub for Python {python.version}")
     backend_dir = prepare_backend_directory(home / "backends" / "python", stub, backends)
-    libs = [str(sysconfig.get_config_var("LIBDIR")), str(home.parent.parent / "nvidia_pytriton.libs")]
+    libs = [python.libdir, str(home.parent.parent / "nvidia_pytriton.libs")]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)

@@ -47,6 +47,7 @@ class ServeOptions:
     advertise_address: str = ""
     """The gRPC address the gateway reaches this Triton on (default host:grpc_port)."""
     heartbeat_interval_s: float = 5.0
+    python_env: Path | None = None  # the models' virtualenv (e.g. .venv-vllm); default: this one
 
     def triton_argv(self) -> list[str]:
         exit_timeout = [] if any(a.startswith("--exit-timeout-secs") for a in self.triton_args) else [
@@ -94,7 +95,7 @@ def serve(options: ServeOptions) -> int:
     if not (options.model_repository / "").is_dir():
         raise ServeError(f"model repository {options.model_repository} does not exist")
     check_ports_free(options)
-    runtime = resolve_runtime()
+    runtime = resolve_runtime(options.python_env)
     triton: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     heartbeat: Heartbeat | None = None

@@ -34,7 +34,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from chatllm_engine.config import ConfigError, EngineConfig
-from chatllm_engine.engine_thread import EngineThread
+from chatllm_engine.engine_host import engine_host
 from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
                                    RequestCancelled)
 from chatllm_engine.intake import IntakeJob, RequestIntake, check_prompt_length, longest_token_chars
@@ -210,13 +210,15 @@ class TritonPythonModel:
         except ConfigError as exc:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
         self._batched = int(self.model_config.get("max_batch_size", 0)) > 0
-        self._engine_thread = EngineThread(config)  # loads the model and steps, on one thread
+        # Loads the model and runs the engine `engine` names (ours, fallback or vLLM) on its thread(s).
+        self._engine_thread = engine_host(config)
         try:
             self.engine = self._engine_thread.start()
         except EngineError as exc:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from exc
+        kv_cache_tokens = getattr(self.engine, "kv_cache_tokens", config.kv_cache_tokens)  # vLLM sizes its own
         self._metrics = _Metrics(args["model_name"], args.get("model_version", "1"),
-                                 args.get("model_instance_name", ""), config.kv_cache_tokens)
+                                 args.get("model_instance_name", ""), kv_cache_tokens, self._engine_thread.kind)
 
         # _inflight is written by execute() (add), the response and intake threads (remove): _lock guards it.
         self._lock = threading.Lock()
@@ -232,9 +234,9 @@ class TritonPythonModel:
         self._response_thread = threading.Thread(target=self._respond_loop, name="chatllm-responses",
                                                  daemon=True)
         self._response_thread.start()
-        logger.info("%s ready on %s: max_num_seqs=%d kv_cache_tokens=%d max_model_len=%d",
-                    args["model_name"], config.device, config.max_num_seqs, config.kv_cache_tokens,
-                    self.engine.max_model_len)
+        logger.info("%s ready on %s (engine %s): max_num_seqs=%d kv_cache_tokens=%d max_model_len=%d",
+                    args["model_name"], config.device, self._engine_thread.kind, config.max_num_seqs,
+                    kv_cache_tokens, self.engine.max_model_len)
 
     # ---- execute thread ------------------------------------------------------------------
 
@@ -444,7 +446,7 @@ class _Metrics:
 
     TTFT_BUCKETS = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0]
 
-    def __init__(self, model: str, version: str, instance: str, kv_cache_tokens: int) -> None:
+    def __init__(self, model: str, version: str, instance: str, kv_cache_tokens: int, engine: str = "ours") -> None:
         labels = {"model": model, "version": version, "instance": instance}
         gauge, counter = pb_utils.MetricFamily.GAUGE, pb_utils.MetricFamily.COUNTER
         histogram = pb_utils.MetricFamily.HISTOGRAM
@@ -470,6 +472,12 @@ class _Metrics:
                            "From execute() handing a request to the engine to its first output token "
                            "(Triton's queue time before that is nv_inference_queue_duration_us)",
                            histogram, buckets=self.TTFT_BUCKETS)
+        info = pb_utils.MetricFamily(name="chatllm_engine_info", kind=gauge,
+                                     description="1 for the engine serving this instance (label engine: "
+                                                 "ours, fallback or vllm)")
+        self._families.append(info)
+        self.engine_info = info.Metric(labels={**labels, "engine": engine})
+        self.engine_info.set(1)
         self._kv_capacity = max(1, kv_cache_tokens)
         self._published = {"tokens": 0, "steps": 0, "preemptions": 0}
 

@@ -21,6 +21,7 @@ def _model_object(card: ModelCard, created: int) -> ModelObject:
         parent=None if card.id == card.triton_model else card.triton_model,
         context_length=card.context_length,
         max_model_len=card.context_length,
+        engine=card.engine,
     )
 
 

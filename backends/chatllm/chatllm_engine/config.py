@@ -14,6 +14,10 @@ Each FastChat model-worker flag has a parameter here:
 Read by both sides: tool_call_parser (how `tools` with tool_choice "auto" are parsed from the
 output, and which default tool prompt templates without tool support get) and
 reasoning_parser (how `<think>` sections become `reasoning_content`).
+
+`engine` picks what generates: `ours` (the continuous-batching engine of this package; a
+model it cannot batch, such as a seq2seq model, goes to the per-request fallback on its own),
+`fallback` (per-request `generate`) or `vllm` (vLLM's engine, whose own flags are VllmConfig).
 """
 
 from __future__ import annotations
@@ -27,10 +31,30 @@ T = TypeVar("T")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 TOOL_CALL_PARSERS = ("hermes", "llama3_json")
 REASONING_PARSERS = ("", "think")
+ENGINES = ("ours", "fallback", "vllm")
+VLLM_KEYS = ("block_size", "swap_space", "gpu_memory_utilization", "enforce_eager", "cpu_kvcache_space",
+             "cpu_omp_threads_bind")
 
 
 class ConfigError(ValueError):
     """A parameter of config.pbtxt is missing or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    """vLLM's own engine flags (FastChat's vllm_worker flags), used when `engine` is `vllm`.
+
+    The flags both engines share (dtype, max_num_seqs, max_model_len, trust_remote_code, seed,
+    enable_prefix_caching, num_gpus -> tensor_parallel_size) stay on EngineConfig.
+    """
+
+    block_size: int = 0  # 0: vLLM's default for the platform
+    swap_space: float = 0.0  # GiB of CPU swap per GPU; 0: vLLM's default
+    gpu_memory_utilization: float = 0.9
+    max_num_batched_tokens: int = 0  # the shared parameter when set; 0: vLLM's default
+    enforce_eager: bool = False
+    cpu_kvcache_space: int = 0  # GiB of KV cache on CPU (VLLM_CPU_KVCACHE_SPACE); 0: vLLM's default
+    cpu_omp_threads_bind: str = ""  # VLLM_CPU_OMP_THREADS_BIND, e.g. "0-1"; empty: vLLM's default
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,9 @@ class EngineConfig:
     tool_call_parser: str = "hermes"  # how the gateway parses tool calls; the default tool prompt's format
     reasoning_parser: str = ""  # "think": <think>...</think> becomes reasoning_content (gateway)
     conv_template: str = ""  # FastChat conversation template name (read by the gateway)
+    engine: str = "ours"  # one of ENGINES
+    fallback_concurrency: int = 2  # generations at once on the per-request fallback path
+    vllm: VllmConfig = VllmConfig()
 
     @classmethod
     def from_model_config(
@@ -75,7 +102,7 @@ class EngineConfig:
     @classmethod
     def from_parameters(cls, raw: dict[str, str], device: str = "cpu") -> EngineConfig:
         """Parse string parameters, checking types and ranges."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = ({f.name for f in dataclasses.fields(cls)} | set(VLLM_KEYS)) - {"vllm"}
         unknown = sorted(set(raw) - known - {"device"})
         if unknown:
             raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
@@ -97,6 +124,20 @@ class EngineConfig:
         if not model_path:
             raise ConfigError("parameter 'model_path' is required")
         dtype = get("dtype", str, "auto", lambda v: v in DTYPES, f"one of {DTYPES}")
+        engine = get("engine", str, "ours", lambda v: v in ENGINES, f"one of {ENGINES}")
+        vllm_only = sorted(k for k in VLLM_KEYS if raw.get(k, "").strip())
+        if vllm_only and engine != "vllm":
+            raise ConfigError(f"parameter(s) {', '.join(vllm_only)} only apply to engine 'vllm'")
+        vllm = VllmConfig(
+            block_size=get("block_size", int, 0, lambda v: v >= 0 and v % 16 == 0, "0 or a multiple of 16"),
+            swap_space=get("swap_space", float, 0.0, lambda v: v >= 0, ">= 0"),
+            gpu_memory_utilization=get("gpu_memory_utilization", float, 0.9, lambda v: 0 < v <= 1, "in (0, 1]"),
+            # Shared with our engine, but only passed to vLLM when the config sets it.
+            max_num_batched_tokens=get("max_num_batched_tokens", int, 0, lambda v: v >= 1, ">= 1"),
+            enforce_eager=get("enforce_eager", _parse_bool, False),
+            cpu_kvcache_space=get("cpu_kvcache_space", int, 0, lambda v: v >= 0, ">= 0 (GiB)"),
+            cpu_omp_threads_bind=raw.get("cpu_omp_threads_bind", "").strip(),
+        )
         return cls(
             model_path=model_path,
             gguf_file=raw.get("gguf_file", "").strip(),
@@ -126,6 +167,9 @@ class EngineConfig:
             reasoning_parser=get("reasoning_parser", str, "", lambda v: v in REASONING_PARSERS,
                                  f"one of {REASONING_PARSERS}"),
             conv_template=raw.get("conv_template", "").strip(),
+            engine=engine,
+            fallback_concurrency=get("fallback_concurrency", int, 2, lambda v: v >= 1, ">= 1"),
+            vllm=vllm,
         )
 
 

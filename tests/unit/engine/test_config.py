@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from chatllm_engine.config import ConfigError, EngineConfig
+from chatllm_engine.config import ConfigError, EngineConfig, VllmConfig
 
 
 def model_config(**parameters: str) -> dict[str, object]:
@@ -172,3 +172,27 @@ def test_auto_dtype_is_bf16_only_on_cpus_that_compute_it_natively() -> None:
     assert cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
     assert not cpu_has_native_bf16("flags\t: fpu sse avx2 avx512f\n")
     assert not cpu_has_native_bf16("")
+
+
+def test_engine_defaults_to_ours_and_vllm_flags_parse_when_it_is_vllm() -> None:
+    assert EngineConfig.from_parameters({"model_path": "m"}).engine == "ours"
+    config = EngineConfig.from_parameters({
+        "model_path": "m", "engine": "vllm", "block_size": "32", "swap_space": "4", "gpu_memory_utilization": "0.95",
+        "max_num_seqs": "512", "trust_remote_code": "true", "enforce_eager": "true", "cpu_kvcache_space": "4",
+        "cpu_omp_threads_bind": "0-1", "max_num_batched_tokens": "2048", "num_gpus": "2"})
+    assert config.engine == "vllm" and (config.max_num_seqs, config.num_gpus, config.trust_remote_code) == (512, 2, True)
+    assert config.vllm == VllmConfig(block_size=32, swap_space=4.0, gpu_memory_utilization=0.95,
+                                     max_num_batched_tokens=2048, enforce_eager=True, cpu_kvcache_space=4,
+                                     cpu_omp_threads_bind="0-1")
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"engine": "tgi"}, "'engine'"),
+    ({"block_size": "16"}, "only apply to engine 'vllm'"),
+    ({"engine": "vllm", "block_size": "17"}, "'block_size'"),
+    ({"engine": "vllm", "gpu_memory_utilization": "1.5"}, "'gpu_memory_utilization'"),
+    ({"fallback_concurrency": "0"}, "'fallback_concurrency'"),
+])
+def test_bad_engine_parameters_name_the_key(parameters: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig.from_parameters({"model_path": "m", **parameters})

@@ -29,6 +29,14 @@ def test_models_lists_every_served_name(client: TestClient) -> None:
     assert all(isinstance(m["created"], int) and m["owned_by"] for m in body["data"])
 
 
+def test_models_say_which_engine_serves_them() -> None:
+    fake = FakeLLMClient([ModelCard("t5", "t5", 512, engine="fallback"), ModelCard("plain", "plain", None)])
+    with TestClient(create_app(GatewaySettings(), fake)) as client:
+        body = client.get("/v1/models").json()
+    assert body["data"][0]["engine"] == "fallback"
+    assert "engine" not in body["data"][1]
+
+
 def test_retrieve_one_model(client: TestClient) -> None:
     assert client.get("/v1/models/echo-alias").json()["id"] == "echo-alias"
 

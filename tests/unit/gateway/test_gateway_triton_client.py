@@ -47,6 +47,16 @@ def test_config_with_aliases_and_context_length() -> None:
     ]
 
 
+def test_a_chatllm_models_engine_comes_from_its_parameters() -> None:
+    base = {"backend": "chatllm", "model_transaction_policy": {"decoupled": True}}
+    on_vllm = {**base, "parameters": {"engine": {"string_value": "vllm"}}}
+
+    assert [c.engine for c in parse_model_config("m", on_vllm).cards()] == ["vllm"]  # type: ignore[union-attr]
+    assert parse_model_config("m", base).engine == "ours"  # type: ignore[union-attr]
+    other = parse_model_config("m", {"model_transaction_policy": {"decoupled": True}})
+    assert other is not None and other.engine is None
+
+
 def test_config_without_parameters_is_the_model_name_only() -> None:
     model = parse_model_config("vllm_model", {"model_transaction_policy": {"decoupled": True}})
 

@@ -70,3 +70,17 @@ def test_system_tritonserver_is_preferred(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert rt.binary == binary
     assert (rt.backend_directory / "python" / "libtriton_python.so").read_bytes() == b"lib"
     assert rt.env.get("LD_LIBRARY_PATH") == os.environ.get("LD_LIBRARY_PATH")  # the image's own setup
+
+
+def test_models_can_run_on_another_virtualenvs_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`--python-env`: the stub finds that virtualenv's python3 first on PATH and its libpython."""
+    monkeypatch.setattr(runtime, "_system_tritonserver", lambda: None)
+    monkeypatch.setenv("TRITONCHAT_RUNTIME_DIR", str(tmp_path))
+    venv = tmp_path / "other-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python3").symlink_to(sys.executable)
+    rt = resolve_runtime(python_env=venv)
+    assert rt.env["PATH"].split(os.pathsep)[0] == str(venv / "bin")
+    assert rt.env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == sysconfig.get_config_var("LIBDIR")
+    with pytest.raises(TritonNotFoundError, match="not a virtualenv"):
+        resolve_runtime(python_env=tmp_path / "missing")
