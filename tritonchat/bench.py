@@ -393,7 +393,7 @@ def main(args: argparse.Namespace) -> int:
     if args.cpu_threads:
         params["cpu_threads"] = str(args.cpu_threads)
     # Every forward pass (ceiling and engine) runs on this one thread, as in the backend,
-    # where the engine thread owns the model (see chatllm_engine/engine_thread.py).
+    # where the engine thread owns the model (see chatllm_engine/engine_host.py).
     if not args.skip_engine:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
             config = EngineConfig.from_parameters(params)

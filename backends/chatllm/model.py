@@ -7,11 +7,12 @@ The only module that imports `triton_python_backend_utils`. Threads:
   new requests and a refusal takes milliseconds.
 - the intake's two lane threads (`RequestIntake`): chat template + tokenization, then
   `engine.add_requests`; long prompts have their own lane, so they delay only each other.
-- the engine thread (`EngineThread`): loads the model, then runs `LLMEngine.run()`, the step loop.
+- the engine thread (`EngineHost`, chatllm_engine/engine_host.py): loads the model, then runs the
+  engine's step loop (vLLM's engine runs on threads of its own).
 - the response thread: turns engine events into responses, watches for cancellation and
   publishes the engine's metrics.
-- the grammar thread: hands requests with structured outputs to the engine, whose request
-  preparation compiles their grammars (cached), so neither execute() nor the engine waits.
+Grammars of structured outputs compile (cached) in the intake lanes too, as part of the
+engine's request preparation: neither execute() nor the step loop waits for them.
 
 Tensor names, the `sampling_parameters` schema, the error prefix and the logprobs JSON come
 from the wire contract `chatllm_wire`, shared with the gateway.

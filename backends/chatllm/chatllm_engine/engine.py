@@ -122,7 +122,7 @@ class LLMEngine:
         self._num_running = 0  # mirror of len(self._running) for add_request
         # Engine-thread state only.
         self._running: list[Sequence] = []  # in admission order
-        self._kv = _kv_cache_for(model, config.kv_cache_tokens)
+        self._kv = kv_cache_for(model, config.kv_cache_tokens)
         use_packed_attention(model)
         self._prefixes = PrefixCache(config.prefix_cache_tokens) if config.enable_prefix_caching else None
         # Structured outputs: compiled by whichever thread prepares a request (constraints.py).
@@ -455,7 +455,7 @@ class LLMEngine:
         return frozenset(ids)
 
 
-def _kv_cache_for(model: PreTrainedModel, budget_tokens: int) -> KVCache:
+def kv_cache_for(model: PreTrainedModel, budget_tokens: int) -> KVCache:
     cfg = model.config
     heads = int(cfg.num_attention_heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)

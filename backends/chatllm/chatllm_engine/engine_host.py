@@ -5,6 +5,12 @@
 default install never needs vLLM). With `ours`, a model the batching engine cannot take goes
 to the fallback on its own: a seq2seq model, or a causal LM whose forward rejects our KV
 cache (tried with a two-token prefill and one decode step before serving).
+
+Why one thread loads the model and runs every forward pass: torch's CPU kernels run on
+OpenMP (libgomp), which gives every thread that starts parallel work its own team of worker
+threads. Once there are more of those threads than cores, libgomp stops spinning between
+parallel regions and every operator pays a wake-up (on 2 cores each decode step was 20-25%
+slower). Other threads only tokenize and queue requests.
 """
 
 from __future__ import annotations
@@ -43,15 +49,33 @@ class ServingEngine(Protocol):
 
 
 def cache_rejection(model: PreTrainedModel) -> str | None:
-    """Why the batching engine cannot run `model` (None when it can): a tiny prefill and one
-    decode step through our KV batch."""
-    from .batch import decode, prefill
+    """Why the batching engine cannot run `model` (None when it can).
+
+    A two-token packed prefill and one packed decode step must run and give the logits of a
+    plain forward over the same three tokens: a model whose forward takes no attention hooks
+    fails, and one that ignores them (attention of its own) gives other numbers.
+    """
+    import torch
+
+    from .engine import kv_cache_for
+    from .packed_forward import Segment, StepLayout, forward_step, use_packed_attention
 
     try:
-        batch, logits = prefill(model, [[0, 1]])
-        decode(model, batch, [int(logits[0].argmax())])
-    except Exception as exc:  # noqa: BLE001 - any failure means "not with our cache"
+        with torch.inference_mode():
+            expected = model(input_ids=torch.tensor([[0, 1, 2]], device=model.device), use_cache=False).logits[0, -1]
+        use_packed_attention(model)
+        cache = kv_cache_for(model, 64)
+        kv = cache.allocate(4)
+        if kv is None:
+            return "no room for a probe sequence in a 64-token KV cache"
+        forward_step(model, [0, 1], [0, 1], StepLayout((Segment(kv, 0, 2, 0),)), [1])
+        got = forward_step(model, [2], [2], StepLayout((Segment(kv, 0, 1, 2),)), [0])[0]
+        cache.free(kv)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not with our packed steps"
         return f"{type(exc).__name__}: {exc}"
+    error = float((got.float() - expected.float()).abs().max())
+    if error > 0.05 * float(expected.float().abs().max()) + 1e-3:
+        return f"its attention ignores our packed layout (logits differ by {error:.3g})"
     return None
 
 

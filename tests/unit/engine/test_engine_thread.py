@@ -1,4 +1,4 @@
-"""EngineThread: the model is loaded, and every forward pass runs, on the engine's own thread."""
+"""EngineHost: the model is loaded, and every forward pass runs, on the engine's own thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatllm_engine.config import EngineConfig
-from chatllm_engine.engine_thread import EngineThread
+from chatllm_engine.engine_host import EngineHost
 from chatllm_engine.errors import EngineError
 from chatllm_engine.types import GenerationRequest
 
@@ -27,7 +27,7 @@ def test_loads_and_steps_on_one_thread_that_is_not_the_callers(
         return tiny_model, tiny_tokenizer
 
     hook = tiny_model.register_forward_pre_hook(lambda module, args: forward_on.add(threading.get_ident()))
-    worker = EngineThread(engine_config(), loader=loader)
+    worker = EngineHost(engine_config(), loader=loader)
     try:
         engine = worker.start()
         collector = WaitableCollector()
@@ -42,7 +42,7 @@ def test_loads_and_steps_on_one_thread_that_is_not_the_callers(
 
 
 def test_stop_ends_the_thread(tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase) -> None:
-    worker = EngineThread(engine_config(), loader=lambda config: (tiny_model, tiny_tokenizer))
+    worker = EngineHost(engine_config(), loader=lambda config: (tiny_model, tiny_tokenizer))
     worker.start()
     worker.stop()
     assert not worker.is_alive()
@@ -53,4 +53,4 @@ def test_a_failed_load_is_raised_by_start_with_its_cause() -> None:
         raise OSError("no such model folder: /nowhere")
 
     with pytest.raises(EngineError, match="no such model folder: /nowhere"):
-        EngineThread(engine_config(), loader=loader).start()
+        EngineHost(engine_config(), loader=loader).start()

@@ -16,6 +16,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrained
     T5ForConditionalGeneration
 
 from chatllm_engine.engine_host import EngineHost, cache_rejection
+from chatllm_engine.packed_forward import STEP_KWARG
 from chatllm_engine.errors import ContextTooLong, EngineOverloaded
 from chatllm_engine.fallback import FallbackEngine
 from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams
@@ -30,14 +31,15 @@ class OwnCache(DynamicCache):
 
 
 class OwnCacheLlama(LlamaForCausalLM):
-    """A causal LM that builds and accepts only its own cache (rejects ours)."""
+    """A causal LM that builds and accepts only its own cache and takes no attention hooks
+    (as remote-code models with caches of their own: chatglm2/3)."""
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False
 
     def forward(self, input_ids: Any = None, cache: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        if cache is not None and not isinstance(cache, OwnCache):
+        if (cache is not None and not isinstance(cache, OwnCache)) or STEP_KWARG in kwargs:
             raise TypeError("this model keeps a cache of its own")
         if cache is None and kwargs.get("use_cache", True):
             cache = OwnCache(config=self.config)
