@@ -40,6 +40,8 @@ class ExperimentConfig:
     prompt_count: int = 64
     answer_tokens: tuple[int, ...] = DEFAULT_ANSWER_TOKENS
     natural_stop: bool = False
+    workload: str = "mixed"
+    """mixed (loadtest.prompts) or documents (loadtest.documents: long, uneven prompts)."""
     output: Path = field(default_factory=lambda: Path("runs") / f"experiment-{dt.datetime.now():%Y%m%d-%H%M%S}")
     docs: Path | None = None
     command: str = ""
@@ -92,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-tokens", default=",".join(map(str, DEFAULT_ANSWER_TOKENS)),
                         help="answer budgets (max_tokens), comma-separated")
     parser.add_argument("--natural-stop", action="store_true", help="let answers end at EOS")
+    parser.add_argument("--workload", choices=("mixed", "documents"), default="mixed",
+                        help="mixed: seeded chat turns; documents: long document + question prompts "
+                             "(use with --natural-stop and --prompt-count 48)")
     parser.add_argument("--output", type=Path, default=None, help="run directory (default runs/experiment-<time>)")
     parser.add_argument("--docs", type=Path, default=None,
                         help="also write the report here (e.g. docs/scaling.md; plots go to docs/scaling/)")
@@ -107,6 +112,6 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> ExperimentC
         duration_s=args.duration, drain_timeout_s=args.drain_timeout, quiet_cores=args.quiet_cores,
         quiet_wait_s=args.quiet_wait, prompt_seed=args.prompt_seed,
         prompt_count=args.prompt_count, answer_tokens=parse_answer_tokens(args.answer_tokens),
-        natural_stop=args.natural_stop, docs=args.docs, command=command, **extra)
+        natural_stop=args.natural_stop, workload=args.workload, docs=args.docs, command=command, **extra)
 
 

@@ -53,6 +53,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, stats_histor
 from loadtest.config import ExperimentConfig, add_arguments, config_from_args, gpu_count
 from loadtest.hostload import CpuSnapshot, cpu_window, descendants, reap, wait_for_quiet
 from loadtest.layouts import Layout, LayoutError, write_repository_variant
+from loadtest.documents import build_document_prompts
 from loadtest.prompts import build_prompt_set
 from loadtest.report import write_report
 from loadtest.scrape import Scrape, fetch, gateway_window, gauge_means, triton_window
@@ -85,10 +86,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def _workload(config: ExperimentConfig) -> dict[str, Any]:
-    prompts = build_prompt_set(config.prompt_seed, config.prompt_count, config.answer_tokens)
+    prompts = (build_document_prompts(config.prompt_seed, config.prompt_count) if config.workload == "documents"
+               else build_prompt_set(config.prompt_seed, config.prompt_count, config.answer_tokens))
     words = [p.words for p in prompts]
     return {"prompt_seed": config.prompt_seed, "prompt_count": config.prompt_count,
             "answer_tokens": list(config.answer_tokens), "natural_stop": config.natural_stop,
+            "workload": config.workload,
             "prompt_words_min": min(words), "prompt_words_max": max(words),
             "prompt_words_mean": sum(words) / len(words),
             "answer_tokens_mean": sum(p.max_tokens for p in prompts) / len(prompts)}
@@ -128,7 +131,7 @@ def run_point(config: ExperimentConfig, layout: Layout, via: str, users: int, tr
     options = Namespace(model=config.model, triton_grpc=triton.grpc_url, triton_model=config.model,
                         prompt_seed=config.prompt_seed, prompt_count=config.prompt_count,
                         answer_tokens=",".join(map(str, config.answer_tokens)), natural_stop=config.natural_stop,
-                        request_timeout=config.warmup_s + config.duration_s + config.drain_timeout_s + 10.0)
+                        workload=config.workload, request_timeout=config.warmup_s + config.duration_s + config.drain_timeout_s + 10.0)
     env = Environment(user_classes=[USER_CLASSES[via]], host=gateway_url, parsed_options=options,
                       stop_timeout=config.drain_timeout_s)
     runner = env.create_local_runner()

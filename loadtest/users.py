@@ -50,6 +50,7 @@ from locust import User, constant, task
 from locust.env import Environment
 from locust.stats import RequestStats
 
+from loadtest.documents import build_document_prompts
 from loadtest.prompts import DEFAULT_ANSWER_TOKENS, ChatPrompt, PromptSampler, build_prompt_set, parse_answer_tokens
 from loadtest.timing import StreamError, StreamMeasurement, record_chat_event, sse_data
 
@@ -85,6 +86,9 @@ class LoadOptions:
     prompt_count: int = 64
     answer_tokens: tuple[int, ...] = DEFAULT_ANSWER_TOKENS
     natural_stop: bool = False
+    workload: str = "mixed"
+    """mixed: `loadtest.prompts` (seeded chat turns); documents: `loadtest.documents` (long,
+    uneven document + question prompts, up to 128 tokens each; pair with --natural-stop)."""
     request_timeout_s: float = 300.0
 
     @classmethod
@@ -102,7 +106,7 @@ class LoadOptions:
                    triton_model=get("triton_model", ""), prompt_seed=int(get("prompt_seed", 0)),
                    prompt_count=int(get("prompt_count", 64)),
                    answer_tokens=parse_answer_tokens(answer) if isinstance(answer, str) else tuple(answer),
-                   natural_stop=bool(get("natural_stop", False)),
+                   natural_stop=bool(get("natural_stop", False)), workload=str(get("workload", "mixed")),
                    request_timeout_s=float(get("request_timeout", 300.0)))
 
 
@@ -121,11 +125,19 @@ def add_arguments(parser: Any) -> None:
                        help="answer budgets (max_tokens) drawn per prompt, comma-separated")
     group.add_argument("--natural-stop", action="store_true",
                        help="let answers end at EOS (default: exactly max_tokens, ignore_eos)")
+    group.add_argument("--workload", choices=WORKLOADS, default="mixed",
+                       help="mixed: seeded chat turns; documents: long document + question prompts")
     group.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
 
 
+WORKLOADS = ("mixed", "documents")
+
+
 @functools.lru_cache(maxsize=8)
-def _prompt_set(seed: int, count: int, answer_tokens: tuple[int, ...]) -> tuple[ChatPrompt, ...]:
+def _prompt_set(seed: int, count: int, answer_tokens: tuple[int, ...],
+                workload: str = "mixed") -> tuple[ChatPrompt, ...]:
+    if workload == "documents":
+        return build_document_prompts(seed, count)
     return build_prompt_set(seed, count, answer_tokens)
 
 
@@ -140,6 +152,9 @@ def default_chat_model(host: str) -> tuple[str, str]:
     """
     with _discovery_lock:
         return _discover_chat_model(host)
+
+
+WORKLOADS = ("mixed", "documents")
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,7 +229,8 @@ class _StreamingUser(User):
 
     def on_start(self) -> None:
         self.options = LoadOptions.from_environment(self.environment)
-        prompts = _prompt_set(self.options.prompt_seed, self.options.prompt_count, self.options.answer_tokens)
+        prompts = _prompt_set(self.options.prompt_seed, self.options.prompt_count, self.options.answer_tokens,
+                              self.options.workload)
         self.sampler = PromptSampler(prompts, self.options.prompt_seed, next(_StreamingUser._numbers))
 
 

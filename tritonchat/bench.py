@@ -22,6 +22,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import re
 import shutil
 import statistics
 import tempfile
@@ -101,13 +102,14 @@ class Job:
     ignore_eos: bool
 
 
-def workload_jobs(workload: str, concurrency: int, new_tokens: int) -> list[list[Job]]:
-    """Per user, the requests it sends one after another."""
+def workload_jobs(workload: str, concurrency: int, new_tokens: int, long_prompts: int = 48) -> list[list[Job]]:
+    """Per user, the requests it sends one after another (the long workload's first
+    `long_prompts` prompts, at least one per user)."""
     if workload == "short":
         return [[Job(m, new_tokens, True)] for m in chat_messages(concurrency)]
     from loadtest.documents import build_document_prompts
 
-    prompts = build_document_prompts()
+    prompts = build_document_prompts()[:long_prompts]
     users: list[list[Job]] = [[] for _ in range(concurrency)]
     for i in range(max(len(prompts), concurrency)):
         prompt = prompts[i % len(prompts)]
@@ -143,7 +145,7 @@ def run_ceiling(model: Any, tokenizer: Any, concurrency: int, new_tokens: int) -
 
 
 def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_tokens: int,
-               torch_thread: Executor, workload: str = "short") -> Result:
+               torch_thread: Executor, workload: str = "short", long_prompts: int = 48) -> Result:
     """The workload's requests on a fresh engine (`config`: the model's EngineConfig, warmed
     with one request) stepping on `torch_thread`; each user submits its next request when
     the last one finishes."""
@@ -153,7 +155,7 @@ def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_to
     # Room for every request at once, whatever the model's own limits.
     engine = LLMEngine(model, tokenizer, dataclasses.replace(config, max_num_seqs=max(64, concurrency),
                                                              kv_cache_tokens=1 << 20))
-    users = workload_jobs(workload, concurrency, new_tokens)
+    users = workload_jobs(workload, concurrency, new_tokens, long_prompts)
     total = sum(len(u) for u in users)
     done = threading.Event()
     times: dict[str, list[tuple[float, int]]] = {}
@@ -232,12 +234,12 @@ async def _run_user(client: Any, url: str, model: str, jobs: list[Job]) -> list[
 
 async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int,
                        messages: list[list[dict[str, str]]] | None = None, workload: str = "short",
-                       mode: str = "e2e") -> Result:
+                       mode: str = "e2e", long_prompts: int = 48) -> Result:
     """`concurrency` streaming users running the workload (or one request per `messages`)."""
     import httpx
 
     users = ([[Job(m, new_tokens, True)] for m in messages] if messages
-             else workload_jobs(workload, concurrency, new_tokens))
+             else workload_jobs(workload, concurrency, new_tokens, long_prompts))
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         start = time.perf_counter()
@@ -268,7 +270,7 @@ def _stub_peak_rss_mib() -> float:
 
 
 def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: str, cpu_threads: int,
-            warmup: bool = True, workload: str = "short") -> list[Result]:
+            warmup: bool = True, workload: str = "short", long_prompts: int = 48, dtype: str = "") -> list[Result]:
     """Start tritonserver + gateway on free ports, then run C streaming clients per C."""
     from .launch import launch_gateway, launch_triton
 
@@ -280,12 +282,16 @@ def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: 
             config.write_text(config.read_text().replace(
                 '{ key: "cpu_threads", value: { string_value: "0" } }',
                 f'{{ key: "cpu_threads", value: {{ string_value: "{cpu_threads}" }} }}'))
+        if dtype:
+            config = repo / model / "config.pbtxt"
+            config.write_text(re.sub(r'(key: "dtype", value: \{ string_value: )"\w+"', rf'\1"{dtype}"', config.read_text()))
         with launch_triton(repo) as triton, launch_gateway([triton.grpc_url]) as gateway:
             if warmup:
                 asyncio.run(_run_clients(gateway, model, 2, 4, WARMUP_MESSAGES))
             results = []
             for c in concurrencies:
-                result = asyncio.run(_run_clients(gateway, model, c, new_tokens, workload=workload))
+                result = asyncio.run(_run_clients(gateway, model, c, new_tokens, workload=workload,
+                                                  long_prompts=long_prompts))
                 result.peak_kv_mib = _stub_peak_rss_mib()
                 results.append(result)
             return results
@@ -309,6 +315,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", choices=WORKLOADS, default="short",
                         help="short: ~43-token prompts, exactly --new-tokens each; long: 48 document + question "
                              "prompts of 64-1,993 tokens, up to 128 tokens each, EOS honoured")
+    parser.add_argument("--long-prompts", type=int, default=48, help="use the long workload's first N prompts")
+    parser.add_argument("--dtype", default="", help="override the model's dtype parameter (engine and e2e)")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--skip-engine", action="store_true", help="no ceiling or engine-only runs")
     parser.add_argument("--url", default="",
@@ -385,13 +393,16 @@ def main(args: argparse.Namespace) -> int:
     if args.url:
         for c in args.concurrency:
             result = asyncio.run(_run_clients(args.url.rstrip("/"), args.served_model, c, args.new_tokens,
-                                              workload=args.workload, mode=args.label or "external"))
+                                              workload=args.workload, mode=args.label or "external",
+                                              long_prompts=args.long_prompts))
             results.append(result)
             print(json.dumps(result.summary()), flush=True)
         return _report(results, args)
     params = model_parameters(repository / args.model / "config.pbtxt")
     if args.cpu_threads:
         params["cpu_threads"] = str(args.cpu_threads)
+    if args.dtype:
+        params["dtype"] = args.dtype
     # Every forward pass (ceiling and engine) runs on this one thread, as in the backend,
     # where the engine thread owns the model (see chatllm_engine/engine_host.py).
     if not args.skip_engine:
@@ -406,7 +417,7 @@ def main(args: argparse.Namespace) -> int:
             run_engine(engine_model, tokenizer, config, 2, 4, torch_thread)
             for c in args.concurrency:
                 runs = [lambda: run_engine(engine_model, tokenizer, config, c, args.new_tokens, torch_thread,
-                                           args.workload)]
+                                           args.workload, args.long_prompts)]
                 if args.workload == "short":
                     runs.insert(0, lambda: torch_thread.submit(run_ceiling, model, tokenizer, c,
                                                                args.new_tokens).result())
@@ -417,7 +428,7 @@ def main(args: argparse.Namespace) -> int:
             del model, engine_model
     if not args.skip_e2e:
         for result in run_e2e(args.concurrency, args.new_tokens, repository, args.model, args.cpu_threads,
-                              workload=args.workload):
+                              workload=args.workload, long_prompts=args.long_prompts, dtype=args.dtype):
             if args.label:
                 result.mode = args.label
             results.append(result)

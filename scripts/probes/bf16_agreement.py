@@ -4,7 +4,7 @@ For each prompt: the tokens the engine generates greedily in fp32 and in bf16 (t
 model's config otherwise). Prints the share of identical tokens (position by position, over
 the fp32 answer's length) and the share of answers identical from start to end.
 
-    .venv/bin/python scripts/probes/bf16_agreement.py [--long-tokens 64]
+    .venv/bin/python scripts/probes/bf16_agreement.py [--long-tokens 64] [--long-prompts 48] [--short-tokens 64]
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--long-tokens", type=int, default=64, help="max tokens per long-workload answer")
+    parser.add_argument("--long-prompts", type=int, default=48, help="the long workload's first N prompts")
+    parser.add_argument("--short-tokens", type=int, default=64, help="tokens per short-workload answer")
     args = parser.parse_args()
     config = EngineConfig.from_parameters(model_parameters(ROOT / "model_repository" / MODEL / "config.pbtxt"))
     workloads = {
-        "short": [(j.messages, j.max_tokens, False) for u in workload_jobs("short", 16, 64) for j in u],
-        "long": [(j.messages, min(j.max_tokens, args.long_tokens), False) for u in workload_jobs("long", 48, 0)
-                 for j in u],
+        "short": [(j.messages, j.max_tokens, False) for u in workload_jobs("short", 16, args.short_tokens) for j in u],
+        "long": [(j.messages, min(j.max_tokens, args.long_tokens), False)
+                 for u in workload_jobs("long", args.long_prompts, 0, args.long_prompts) for j in u],
     }
     for name, jobs in workloads.items():
         fp32 = generate(dataclasses.replace(config, dtype="float32"), jobs)
