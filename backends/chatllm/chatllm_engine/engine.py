@@ -281,7 +281,7 @@ class LLMEngine:
         self.stats.steps += 1
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(plan))
         for seq in sampled:
-            if seq.prompt_done is False:
+            if not seq.prompt_done:
                 seq.prompt_done = True
                 self._cache_prefix(seq)
         self._update_stats()
