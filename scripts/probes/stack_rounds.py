@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("clients", type=int, nargs="+")
     parser.add_argument("--queue-delay-us", type=int)
-    parser.add_argument("--max-prefill-tokens", type=int)
+    parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--no-dynamic-batching", action="store_true")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -55,9 +55,9 @@ def main() -> None:
         if args.queue_delay_us is not None:
             text = re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {args.queue_delay_us}",
                           text)
-        if args.max_prefill_tokens is not None:
-            text = re.sub(r'(key: "max_prefill_tokens", value: \{ string_value: )"\d+"',
-                          rf'\1"{args.max_prefill_tokens}"', text)
+        if args.max_num_batched_tokens is not None:
+            text = re.sub(r'(key: "max_num_batched_tokens", value: \{ string_value: )"\d+"',
+                          rf'\1"{args.max_num_batched_tokens}"', text)
         if args.no_dynamic_batching:
             text = text[:text.index("dynamic_batching {")] + text[text.index("instance_group"):]
         config.write_text(text)
