@@ -24,7 +24,6 @@ import dataclasses
 import json
 import re
 import shutil
-import statistics
 import tempfile
 import threading
 import time

@@ -17,6 +17,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from .errors import InvalidRequest
+from .types import GenerationRequest
 
 
 _HERMES_PROMPT = (
@@ -117,3 +118,37 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str,
         raise
     except Exception as exc:  # jinja raises for roles or shapes a template refuses
         raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
+
+
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, request: GenerationRequest, tool_call_parser: str = "hermes",
+                     special_tokens_in_chat: bool = False) -> list[int]:
+    """A request's prompt as token ids, the same for every engine: given ids as they are,
+    chat messages through the model's own template (with tools), a raw prompt as it is.
+
+    `special_tokens_in_chat`: let the tokenizer add its special tokens to a rendered chat
+    too (seq2seq models, whose templates leave the encoder's end marker to the tokenizer).
+    """
+    if request.prompt_token_ids is not None:
+        return list(request.prompt_token_ids)
+    if request.messages is not None:
+        if not request.messages:
+            raise InvalidRequest("messages must not be empty")
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidRequest("this model has no chat template (set the chat_template parameter)")
+        text = render_chat(tokenizer, request.messages, request.tools, request.chat_template_kwargs, tool_call_parser)
+        return list(tokenizer(text, add_special_tokens=special_tokens_in_chat).input_ids)
+    if not request.prompt:
+        raise InvalidRequest("the prompt is empty")
+    return list(tokenizer(request.prompt).input_ids)
+
+
+def eos_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Every end-of-sequence id the model's generation config or its tokenizer names."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return frozenset(ids)

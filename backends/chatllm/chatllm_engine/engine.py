@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatllm_wire import SAMPLING_PARAMS, WireError, check_sampling
 
-from .chat import render_chat
+from .chat import eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .constraints import LazyGrammarCache, SequenceConstraint, mask_logits
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
@@ -110,7 +109,7 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or int(
             getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.stats = EngineStats()
-        self._eos_ids = self._collect_eos_ids()
+        self._eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._vocab_size = int(model.config.vocab_size)
         self._generator = torch.Generator(device=model.device)
         self._generator.manual_seed(config.seed)
@@ -132,17 +131,7 @@ class LLMEngine:
 
     def tokenize(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids; chat messages go through the model's own chat template."""
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        if request.messages is not None:
-            if not request.messages:
-                raise InvalidRequest("messages must not be empty")
-            text = render_chat(self.tokenizer, request.messages, request.tools, request.chat_template_kwargs,
-                               self.config.tool_call_parser)
-            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-        if request.prompt is None or request.prompt == "":
-            raise InvalidRequest("the prompt is empty")
-        return list(self.tokenizer(request.prompt).input_ids)
+        return prompt_token_ids(self.tokenizer, request, self.config.tool_call_parser)
 
     def add_request(self, request: GenerationRequest, sink: EventSink) -> int:
         """Validate and queue a request; events go to `sink` (called on the engine thread).
@@ -443,17 +432,6 @@ class LLMEngine:
         self.stats.running = len(self._running)
         with self._lock:
             self._num_running = len(self._running)
-
-    def _collect_eos_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(e) for e in eos)
-        return frozenset(ids)
-
 
 def kv_cache_for(model: PreTrainedModel, budget_tokens: int) -> KVCache:
     cfg = model.config

@@ -25,6 +25,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.generation.streamers import BaseStreamer
 
+from .chat import eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
 from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest
@@ -198,7 +199,7 @@ class FallbackEngine:
         positions = getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0)
         self.max_model_len = config.max_model_len or int(positions or (DEFAULT_SEQ2SEQ_LEN if self.seq2seq else 2048))
         self.stats = EngineStats()
-        self._eos_ids = self._collect_eos_ids()
+        self._eos_ids = eos_token_ids(self.model, self.tokenizer)
         self._vocab_size = int(model.config.vocab_size)
         self._seeds = random.Random(config.seed)
         # _lock guards _jobs, _waiting, _running, _stopped and stats: shared by callers and workers.
@@ -217,22 +218,8 @@ class FallbackEngine:
 
     def tokenize(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids; chat messages go through the model's own chat template."""
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        if request.messages is not None:
-            if not request.messages:
-                raise InvalidRequest("messages must not be empty")
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InvalidRequest("this model has no chat template (set the chat_template parameter)")
-            try:
-                text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False,
-                                                          add_generation_prompt=True)
-            except Exception as exc:  # jinja raises for roles a template refuses
-                raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
-            return list(self.tokenizer(text, add_special_tokens=self.seq2seq).input_ids)
-        if not request.prompt:
-            raise InvalidRequest("the prompt is empty")
-        return list(self.tokenizer(request.prompt).input_ids)
+        return prompt_token_ids(self.tokenizer, request, self.config.tool_call_parser,
+                                special_tokens_in_chat=self.seq2seq)
 
     def add_requests(self, items: list[tuple[GenerationRequest, EventSink]]) -> list[int | EngineError]:
         """Queue requests; per request its prompt token count or why it was refused."""
@@ -379,12 +366,3 @@ class FallbackEngine:
         except Exception:  # noqa: BLE001 - a broken sink must not stop other requests
             logger.exception("event sink of %s failed", job.request_id)
 
-    def _collect_eos_ids(self) -> frozenset[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.tokenizer):
-            eos = getattr(source, "eos_token_id", None)
-            if isinstance(eos, int):
-                ids.add(eos)
-            elif isinstance(eos, (list, tuple)):
-                ids.update(int(e) for e in eos)
-        return frozenset(ids)

@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+from .chat import prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
 from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest
@@ -291,20 +292,7 @@ class VllmEngine:
 
     def tokenize(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids; chat messages go through the model's own chat template."""
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        if request.messages is not None:
-            if not request.messages:
-                raise InvalidRequest("messages must not be empty")
-            try:
-                text = self.tokenizer.apply_chat_template(list(request.messages), tokenize=False,
-                                                          add_generation_prompt=True)
-            except Exception as exc:  # jinja raises for roles a template refuses
-                raise InvalidRequest(f"the chat template rejected the messages: {exc}") from exc
-            return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-        if not request.prompt:
-            raise InvalidRequest("the prompt is empty")
-        return list(self.tokenizer(request.prompt).input_ids)
+        return prompt_token_ids(self.tokenizer, request, self.config.tool_call_parser)
 
     def add_requests(self, items: list[tuple[GenerationRequest, EventSink]]) -> list[int | EngineError]:
         """Validate, tokenize and hand requests to vLLM; per request its prompt token count
