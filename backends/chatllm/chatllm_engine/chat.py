@@ -152,3 +152,12 @@ def eos_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> frozenset[i
         elif isinstance(eos, (list, tuple)):
             ids.update(int(e) for e in eos)
     return frozenset(ids)
+
+
+def check_prompt_ids(prompt_ids: list[int], vocab_size: int) -> list[int]:
+    """`prompt_ids` when the model can read them; InvalidRequest for none or ids out of range."""
+    if not prompt_ids:
+        raise InvalidRequest("the prompt is empty")
+    if not all(0 <= t < vocab_size for t in prompt_ids):
+        raise InvalidRequest(f"prompt token ids must be in [0, {vocab_size})")
+    return prompt_ids

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatllm_wire import SAMPLING_PARAMS, WireError, check_sampling
 
-from .chat import eos_token_ids, prompt_token_ids
+from .chat import check_prompt_ids, eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .constraints import LazyGrammarCache, SequenceConstraint, mask_logits
 from .errors import ContextTooLong, EngineDead, EngineError, InvalidRequest
@@ -172,11 +172,7 @@ class LLMEngine:
         """Validate and tokenize a request into a Sequence (no engine state is touched)."""
         params = request.sampling
         _check_sampling(params)
-        prompt_ids = self.tokenize(request)
-        if not prompt_ids:
-            raise InvalidRequest("the prompt is empty")
-        if not all(0 <= t < self._vocab_size for t in prompt_ids):
-            raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})")
+        prompt_ids = check_prompt_ids(self.tokenize(request), self._vocab_size)
         limit = min(self.max_model_len, self.config.kv_cache_tokens)
         room = limit - len(prompt_ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room

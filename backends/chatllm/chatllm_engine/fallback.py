@@ -25,10 +25,10 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.generation.streamers import BaseStreamer
 
-from .chat import eos_token_ids, prompt_token_ids
+from .chat import check_prompt_ids, eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
-from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest
+from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded
 from .sampling import SequenceSampler, sample_next_tokens, token_logprobs
 from .text import IncrementalDetokenizer, StopStringMatcher
 from .types import FinishReason, GenerationRequest, TokenEvent, TokenLogprobs
@@ -275,11 +275,7 @@ class FallbackEngine:
     def _prepare(self, request: GenerationRequest, sink: EventSink) -> _Job:
         params = request.sampling
         _check_sampling(params)
-        prompt_ids = self.tokenize(request)
-        if not prompt_ids:
-            raise InvalidRequest("the prompt is empty")
-        if not all(0 <= t < self._vocab_size for t in prompt_ids):
-            raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})")
+        prompt_ids = check_prompt_ids(self.tokenize(request), self._vocab_size)
         # A seq2seq decoder starts afresh: the prompt only has to fit the encoder.
         room = self.max_model_len - (0 if self.seq2seq else len(prompt_ids))
         if self.seq2seq and len(prompt_ids) > self.max_model_len:
