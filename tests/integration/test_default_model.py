@@ -6,12 +6,12 @@ import concurrent.futures
 import json
 import re
 import subprocess
-import time
 
 import httpx
 import openai
 import pytest
 
+from .polling import wait_until
 from .servers import TritonProcess
 
 pytestmark = pytest.mark.integration
@@ -96,12 +96,11 @@ def test_client_disconnect_frees_the_slot(stack: tuple[TritonProcess, str]) -> N
         lines = response.iter_lines()
         seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
         assert any('"content"' in line for line in seen)
-        assert metric(triton, "chatllm_running_sequences") >= 1
+        # the gauge is published every few tens of ms: wait for it, do not read it once
+        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
     # 4000 tokens would take minutes; after the disconnect the sequence must leave the batch.
-    deadline = time.monotonic() + 20
-    while metric(triton, "chatllm_running_sequences") > 0:
-        assert time.monotonic() < deadline, "the cancelled generation still runs"
-        time.sleep(0.2)  # polling a metric with a deadline
+    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
+               "the cancelled generation to leave the batch", timeout_s=20)
     health = httpx.get(f"{gateway}/health", timeout=10)
     assert health.status_code == 200
 

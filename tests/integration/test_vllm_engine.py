@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import openai
 import pytest
 
+from .polling import wait_until
 from .servers import TritonProcess, launch_gateway, launch_triton
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,12 +107,11 @@ def test_client_disconnect_frees_the_sequence(stack: tuple[TritonProcess, str]) 
         lines = response.iter_lines()
         seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
         assert any('"content"' in line for line in seen)
-        assert metric(triton, "chatllm_running_sequences") >= 1
+        # the gauge is published every few tens of ms: wait for it, do not read it once
+        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
     # 4000 tokens would take minutes; after the disconnect vLLM must drop the sequence.
-    deadline = time.monotonic() + 30
-    while metric(triton, "chatllm_running_sequences") > 0:
-        assert time.monotonic() < deadline, "the cancelled generation still runs in vLLM"
-        time.sleep(0.2)  # polling a metric with a deadline
+    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
+               "vLLM to drop the cancelled sequence", timeout_s=30)
     reply = httpx.post(f"{gateway}/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 4})
     assert reply.status_code == 200
