@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from chatllm_engine.engine import _kv_cache_for
+from chatllm_engine.engine import kv_cache_for
 from chatllm_engine.kv_cache import SequenceKV
 from chatllm_engine.packed_forward import Segment, StepLayout, forward_step, use_packed_attention
 
@@ -38,7 +38,7 @@ def _run(model: Any, rows: list[SequenceKV], feeds: list[list[int]]) -> torch.Te
 
 def prefill(model: Any, prompts: list[list[int]], prefix: Rows | None = None, room: int = 64) -> tuple[Rows, torch.Tensor]:
     use_packed_attention(model)
-    cache = _kv_cache_for(model, 1 << 30)
+    cache = kv_cache_for(model, 1 << 30)
     done = prefix.kv[0].length if prefix else 0
     rows = []
     for prompt in prompts:

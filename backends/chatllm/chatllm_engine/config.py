@@ -76,7 +76,7 @@ class EngineConfig:
     stream_interval: int = 1
     chat_template: str = ""
     cpu_threads: int = 0  # 0: leave torch's default
-    pack_cpu_weights: bool = True  # fp32 linears on CPU read oneDNN-reordered weights (packed_linear.py)
+    pack_cpu_weights: bool = True  # CPU linears read oneDNN-reordered weights (packed_linear.py)
     trust_remote_code: bool = False
     seed: int = 0
     served_model_names: tuple[str, ...] = ()

@@ -57,18 +57,18 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 def pack_cpu_weights(model: PreTrainedModel, config: EngineConfig) -> int:
-    """On CPU, give fp32 linear layers oneDNN-reordered weights, unless `pack_cpu_weights`
-    is off; returns how many layers changed."""
+    """On CPU, give linear layers oneDNN-reordered weights (fp32 ones, and bf16 ones where the
+    CPU computes bf16 natively), unless `pack_cpu_weights` is off; returns how many changed."""
     if not (config.pack_cpu_weights and config.device == "cpu"):
         return 0
-    packed = pack_linear_layers(model)
-    logger.info("reordered the weights of %d fp32 linear layers for oneDNN", packed)
+    packed = pack_linear_layers(model, bf16=cpu_has_native_bf16())
+    logger.info("reordered the weights of %d linear layers for oneDNN", packed)
     return packed
 
 
 def load_model(config: EngineConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights on the instance's device (or split over `num_gpus` GPUs); on CPU, fp32
-    linear layers get oneDNN-reordered weights unless `pack_cpu_weights` is off."""
+    """Load weights on the instance's device (or split over `num_gpus` GPUs); on CPU, linear
+    layers get oneDNN-reordered weights unless `pack_cpu_weights` is off (pack_cpu_weights)."""
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     path = resolve_model_path(config.model_path)

@@ -8,6 +8,12 @@ Attention is the only per-sequence part: `packed_attention` (registered with tra
 segment's new keys/values into that sequence's buffer (kv_cache.SequenceKV) and runs
 torch's SDPA over the sequence's own context. Called without a step layout (plain
 `generate`), the registered function is transformers' SDPA, so the model still works as before.
+
+A step's token count is rounded up to one of a few sizes (`padded_length`) with filler tokens
+that no segment covers: oneDNN builds and caches a matmul kernel per input shape (1,024 in its
+cache by default), and steps of every size from 1 to a few hundred tokens, times the model's
+linear shapes, overflowed it, so that steps kept paying ~1 ms per layer shape for kernels
+built again (`python scripts/probes/step_shapes.py`).
 """
 
 from __future__ import annotations
@@ -47,6 +53,17 @@ class StepLayout:
     segments: tuple[Segment, ...]
 
 
+SHAPE_STEP = 16  # beyond SHAPE_STEP tokens, step sizes are multiples of it
+
+
+def padded_length(tokens: int) -> int:
+    """The step size `tokens` runs as: a power of two up to SHAPE_STEP, then a multiple of it
+    (a small step is bound by reading the weights, so its filler rows cost next to nothing)."""
+    if tokens <= SHAPE_STEP:
+        return 1 << max(0, tokens - 1).bit_length()
+    return -(-tokens // SHAPE_STEP) * SHAPE_STEP
+
+
 def _causal_mask(n: int, total: int, groups: int, device: torch.device) -> torch.Tensor:
     """[groups * n, total] bool: query i (of the last n positions) sees keys <= its position."""
     rows = torch.arange(total - n, total, device=device)[:, None]
@@ -78,6 +95,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         o = F.scaled_dot_product_attention(q[None], cache[0, None, :, :total], cache[1, None, :, :total],
                                            attn_mask=mask, scale=scaling)
         outs.append(o[0].reshape(heads, n, dim).transpose(0, 1))
+    filler = query.shape[2] - step.segments[-1].end
+    if filler:  # rows of padded_length's filler tokens: attend to nothing, never read
+        outs.append(query.new_zeros(filler, heads, dim))
     return torch.cat(outs)[None], None
 
 
@@ -96,8 +116,9 @@ def forward_step(model: PreTrainedModel, token_ids: list[int], positions: list[i
                  sample_at: list[int]) -> torch.Tensor:
     """Run one packed step; returns the logits [len(sample_at), V] at those token indices."""
     device = model.device
-    ids = torch.tensor([token_ids], dtype=torch.long, device=device)
-    position_ids = torch.tensor([positions], dtype=torch.long, device=device)
+    filler = padded_length(len(token_ids)) - len(token_ids)
+    ids = torch.tensor([token_ids + [0] * filler], dtype=torch.long, device=device)
+    position_ids = torch.tensor([positions + [0] * filler], dtype=torch.long, device=device)
     keep = torch.tensor(sample_at, dtype=torch.long, device=device)
     out = model(input_ids=ids, position_ids=position_ids, attention_mask=_NO_MASK.to(device), use_cache=False,
                 logits_to_keep=keep, **{STEP_KWARG: layout})

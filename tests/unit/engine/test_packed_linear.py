@@ -58,10 +58,16 @@ def test_engine_on_packed_weights_generates_what_plain_generate_does(
         assert out.tokens(f"r{i}") == reference_greedy(tiny_model, tiny_tokenizer, prompt, 12)
 
 
-def test_non_fp32_layers_are_left_alone(tiny_model: PreTrainedModel) -> None:
-    model = copy.deepcopy(tiny_model).to(torch.bfloat16)
-    assert pack_linear_layers(model) == 0
+def test_bf16_layers_are_packed_only_when_asked_and_logits_stay_the_same(tiny_model: PreTrainedModel) -> None:
+    plain = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    model = copy.deepcopy(plain)
+    assert pack_linear_layers(model) == 0  # the caller asks for bf16 only on CPUs that compute it
     assert linear_count(model) == linear_count(tiny_model)
+
+    assert pack_linear_layers(model, bf16=True) == linear_count(tiny_model)
+    ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, plain(ids).logits, rtol=2e-2, atol=2e-2)
 
 
 def test_a_torch_without_the_ops_keeps_nn_linear(tiny_model: PreTrainedModel,
