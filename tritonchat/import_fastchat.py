@@ -182,7 +182,7 @@ def import_command(argv: Sequence[str], name: str | None = None) -> ImportResult
         elif canonical == "--max-model-len":
             put(flag, value, "max_model_len", number(flag, value))
         elif canonical == "--max-num-batched-tokens":
-            put(flag, value, "max_prefill_tokens", number(flag, value))
+            put(flag, value, "max_num_batched_tokens", number(flag, value))
         elif canonical == "--enable-prefix-caching":
             put(flag, value, "enable_prefix_caching", "true")
         elif flag == "--trust-remote-code":

@@ -86,6 +86,12 @@ def test_chatglm2_vllm_worker_lists_what_it_cannot_map() -> None:
     assert "# Not mapped:" in result.config_pbtxt()
 
 
+def test_vllm_worker_token_budget_becomes_the_engines() -> None:
+    result = import_command([CHATGLM2_VLLM + " --max-num-batched-tokens 512 --max-model-len 4096"])
+    engine = engine_config(parse(result.config_pbtxt()))
+    assert (engine.max_num_batched_tokens, engine.max_model_len) == (512, 4096)
+
+
 def test_cpu_worker_with_names_template_and_dtype() -> None:
     result = import_command([
         "python3", "-m", "fastchat.serve.model_worker", "--model-path", "/m/tiny/", "--device", "cpu",
