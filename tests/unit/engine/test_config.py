@@ -180,7 +180,8 @@ def test_engine_defaults_to_ours_and_vllm_flags_parse_when_it_is_vllm() -> None:
         "model_path": "m", "engine": "vllm", "block_size": "32", "swap_space": "4", "gpu_memory_utilization": "0.95",
         "max_num_seqs": "512", "trust_remote_code": "true", "enforce_eager": "true", "cpu_kvcache_space": "4",
         "cpu_omp_threads_bind": "0-1", "max_num_batched_tokens": "2048", "num_gpus": "2"})
-    assert config.engine == "vllm" and (config.max_num_seqs, config.num_gpus, config.trust_remote_code) == (512, 2, True)
+    assert config.engine == "vllm"
+    assert (config.max_num_seqs, config.num_gpus, config.trust_remote_code) == (512, 2, True)
     assert config.vllm == VllmConfig(block_size=32, swap_space=4.0, gpu_memory_utilization=0.95,
                                      max_num_batched_tokens=2048, enforce_eager=True, cpu_kvcache_space=4,
                                      cpu_omp_threads_bind="0-1")

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import chatllm_engine.engine as engine_module
 from chatllm_engine.engine import LLMEngine
 from chatllm_engine.errors import EngineDead, EngineError
-from chatllm_engine.types import FinishReason, GenerationRequest, TokenEvent
+from chatllm_engine.types import FinishReason, TokenEvent
 
 from .support import PROMPTS, Collector, add, drain, greedy, make_engine
 
