@@ -60,29 +60,25 @@ class _TritonLogHandler(logging.Handler):
 logger = logging.getLogger("chatllm")
 
 
-def _error_code(exc: EngineError) -> int:
-    if isinstance(exc, (InvalidRequest, ContextTooLong)):
-        return pb_utils.TritonError.INVALID_ARG
-    if isinstance(exc, EngineOverloaded):
-        return pb_utils.TritonError.UNAVAILABLE
-    if isinstance(exc, RequestCancelled):
-        return pb_utils.TritonError.CANCELLED
-    return pb_utils.TritonError.INTERNAL
+# Engine error -> the name of its TritonError code; a subclass not listed takes its nearest
+# listed base, any other error INTERNAL.
+ERROR_CODES: dict[type[EngineError], str] = {
+    InvalidRequest: "INVALID_ARG",
+    ContextTooLong: "INVALID_ARG",
+    EngineOverloaded: "UNAVAILABLE",
+    RequestCancelled: "CANCELLED",
+    EngineDead: "INTERNAL",
+}
 
 
-def _error_label(exc: EngineError) -> str:
-    if isinstance(exc, (InvalidRequest, ContextTooLong)):
-        return "INVALID_ARG"
-    if isinstance(exc, EngineOverloaded):
-        return "UNAVAILABLE"
-    if isinstance(exc, RequestCancelled):
-        return "CANCELLED"
-    return "INTERNAL"
+def error_code_name(exc: EngineError) -> str:
+    return next((ERROR_CODES[cls] for cls in type(exc).__mro__ if cls in ERROR_CODES), "INTERNAL")
 
 
 def triton_error(exc: EngineError) -> Any:
     """A TritonError whose message starts with its code: gRPC streams carry only the message."""
-    return pb_utils.TritonError(wire.error_message(_error_label(exc), str(exc)), _error_code(exc))
+    name = error_code_name(exc)
+    return pb_utils.TritonError(wire.error_message(name, str(exc)), getattr(pb_utils.TritonError, name))
 
 
 @dataclass(frozen=True)
