@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# What mypy checks; pyproject.toml says how strictly (strict for chatllm_engine and gateway).
+# What mypy checks; pyproject.toml says how strictly (strict: chatllm_engine, chatllm_wire, gateway).
 MYPY_TARGETS = [
     "backends/chatllm/chatllm_engine",
     "backends/chatllm/model.py",
