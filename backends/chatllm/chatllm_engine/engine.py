@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
