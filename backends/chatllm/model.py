@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import chatllm_wire as wire
 import numpy as np
@@ -39,7 +39,8 @@ from chatllm_engine.engine_host import engine_host
 from chatllm_engine.errors import (ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest,
                                    RequestCancelled)
 from chatllm_engine.intake import IntakeJob, RequestIntake, check_prompt_length, longest_token_chars
-from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
+from chatllm_engine.types import (EventSink, FinishReason, GenerationRequest, SamplingParams, TokenEvent,
+                                  TokenLogprobs)
 
 SWEEP_INTERVAL_S = 0.05  # how often in-flight requests are checked for cancellation
 
@@ -60,29 +61,25 @@ class _TritonLogHandler(logging.Handler):
 logger = logging.getLogger("chatllm")
 
 
-def _error_code(exc: EngineError) -> int:
-    if isinstance(exc, (InvalidRequest, ContextTooLong)):
-        return pb_utils.TritonError.INVALID_ARG
-    if isinstance(exc, EngineOverloaded):
-        return pb_utils.TritonError.UNAVAILABLE
-    if isinstance(exc, RequestCancelled):
-        return pb_utils.TritonError.CANCELLED
-    return pb_utils.TritonError.INTERNAL
+# Engine error -> the name of its TritonError code; a subclass not listed takes its nearest
+# listed base, any other error INTERNAL.
+ERROR_CODES: dict[type[EngineError], str] = {
+    InvalidRequest: "INVALID_ARG",
+    ContextTooLong: "INVALID_ARG",
+    EngineOverloaded: "UNAVAILABLE",
+    RequestCancelled: "CANCELLED",
+    EngineDead: "INTERNAL",
+}
 
 
-def _error_label(exc: EngineError) -> str:
-    if isinstance(exc, (InvalidRequest, ContextTooLong)):
-        return "INVALID_ARG"
-    if isinstance(exc, EngineOverloaded):
-        return "UNAVAILABLE"
-    if isinstance(exc, RequestCancelled):
-        return "CANCELLED"
-    return "INTERNAL"
+def error_code_name(exc: EngineError) -> str:
+    return next((ERROR_CODES[cls] for cls in type(exc).__mro__ if cls in ERROR_CODES), "INTERNAL")
 
 
 def triton_error(exc: EngineError) -> Any:
     """A TritonError whose message starts with its code: gRPC streams carry only the message."""
-    return pb_utils.TritonError(wire.error_message(_error_label(exc), str(exc)), _error_code(exc))
+    name = error_code_name(exc)
+    return pb_utils.TritonError(wire.error_message(name, str(exc)), getattr(pb_utils.TritonError, name))
 
 
 @dataclass(frozen=True)
@@ -158,6 +155,38 @@ def logprobs_json(entries: tuple[TokenLogprobs, ...] | list[TokenLogprobs]) -> s
         for e in entries])
 
 
+def output_tensor(name: str, values: list[Any], dtype: Any, batched: bool) -> Any:
+    """One output tensor: shape [1, n] for a model with batching (max_batch_size > 0), else [n]."""
+    array = np.array(values, dtype=dtype)
+    return pb_utils.Tensor(name, array.reshape(1, -1) if batched else array)
+
+
+def response_tensors(options: OutputOptions, text: str, event: TokenEvent, input_tokens: int, output_tokens: int,
+                     logprobs: list[TokenLogprobs] | None, batched: bool) -> list[Any]:
+    """A response's tensors: the text, and what `options` asks for. `logprobs` (accumulated
+    over a non-streamed request) replaces the event's own."""
+    tensors = [output_tensor(wire.TEXT_OUTPUT, [text.encode("utf-8")], np.object_, batched)]
+    if options.finish_reason:
+        reason = event.finish_reason.value if event.finish_reason else ""
+        tensors.append(output_tensor(wire.FINISH_REASON, [reason.encode()], np.object_, batched))
+    if options.num_input_tokens:
+        tensors.append(output_tensor(wire.NUM_INPUT_TOKENS, [input_tokens], np.uint32, batched))
+    if options.num_output_tokens:
+        tensors.append(output_tensor(wire.NUM_OUTPUT_TOKENS, [output_tokens], np.uint32, batched))
+    if options.logprobs:
+        entries = logprobs if logprobs is not None else (event.logprobs or ())
+        tensors.append(output_tensor(wire.LOGPROBS, [logprobs_json(entries).encode("utf-8")], np.object_, batched))
+    return tensors
+
+
+def count_tensors(count: int, batched: bool) -> list[Any]:
+    """The answer to `count_tokens_only`: the prompt's token count, no text."""
+    return [output_tensor(wire.TEXT_OUTPUT, [b""], np.object_, batched),
+            output_tensor(wire.FINISH_REASON, [b""], np.object_, batched),
+            output_tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32, batched),
+            output_tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32, batched)]
+
+
 def _scalar(request: Any, name: str) -> Any:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -188,6 +217,47 @@ def _json_input(request: Any, name: str) -> Any:
         return wire.parse_json_tensor(_text(request, name), name)
     except wire.WireError as exc:
         raise InvalidRequest(exc.message) from None
+
+
+def parse_request(request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
+    """A Triton request's tensors -> the engine's request, what to return, and the prompt text."""
+    prompt = _text(request, wire.TEXT_INPUT)
+    raw_messages = _json_input(request, wire.MESSAGES)
+    raw_tools = _json_input(request, wire.TOOLS)
+    template_kwargs = _json_input(request, wire.CHAT_TEMPLATE_KWARGS)
+    messages: tuple[dict[str, Any], ...] | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    try:
+        if raw_messages is not None:
+            messages = wire.check_messages(raw_messages)
+        elif prompt is None:
+            raise InvalidRequest("either text_input or messages is required")
+        if raw_tools:
+            tools = wire.check_tools(raw_tools)
+    except wire.WireError as exc:
+        raise InvalidRequest(exc.message) from None
+    if template_kwargs is not None and not isinstance(template_kwargs, dict):
+        raise InvalidRequest("chat_template_kwargs must be a JSON object")
+
+    def flag(name: str) -> bool:
+        value = _scalar(request, name)
+        return bool(value) if value is not None else False
+
+    options = OutputOptions(
+        stream=flag(wire.STREAM), exclude_input=flag(wire.EXCLUDE_INPUT_IN_OUTPUT) or messages is not None,
+        finish_reason=flag(wire.RETURN_FINISH_REASON), num_input_tokens=flag(wire.RETURN_NUM_INPUT_TOKENS),
+        num_output_tokens=flag(wire.RETURN_NUM_OUTPUT_TOKENS), logprobs=flag(wire.RETURN_LOGPROBS))
+    sampling = parse_sampling(_text(request, wire.SAMPLING_PARAMETERS))
+    # Logprobs cost work per step: computed only when they are returned (0 alternatives
+    # unless `logprobs` in sampling_parameters asks for more).
+    if not options.logprobs:
+        sampling = dataclasses.replace(sampling, logprobs=None)
+    elif sampling.logprobs is None:
+        sampling = dataclasses.replace(sampling, logprobs=0)
+    gen = GenerationRequest(
+        request_id=request_id, prompt=None if messages is not None else prompt, messages=messages,
+        sampling=sampling, tools=tools, chat_template_kwargs=template_kwargs)
+    return gen, options, prompt or ""
 
 
 class TritonPythonModel:
@@ -251,7 +321,7 @@ class TritonPythonModel:
             channel = ResponseChannel(request.get_response_sender())
             request_id = f"{request.request_id() or 'req'}-{uuid.uuid4().hex[:8]}"
             try:
-                gen, options, prompt = self._parse(request, request_id)
+                gen, options, prompt = parse_request(request, request_id)
                 chars = check_prompt_length(gen, self._max_prompt_chars, self._context_tokens)
                 count_only = bool(_scalar(request, wire.COUNT_TOKENS_ONLY))
                 with self._lock:
@@ -284,13 +354,9 @@ class TritonPythonModel:
             entry = self._inflight.pop(request_id, None)
         if entry is None:
             return
-        tensors = [self._tensor(wire.TEXT_OUTPUT, [b""], np.object_),
-                   self._tensor(wire.FINISH_REASON, [b""], np.object_),
-                   self._tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32),
-                   self._tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32)]
-        entry.channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
+        entry.channel.finish(pb_utils.InferenceResponse(output_tensors=count_tensors(count, self._batched)))
 
-    def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:
+    def _sink(self, request_id: str) -> EventSink:
         return lambda event: self._events.put((request_id, event))
 
     def _reject(self, channel: ResponseChannel, request_id: str, exc: Exception) -> None:
@@ -301,45 +367,6 @@ class TritonPythonModel:
             logger.exception("%s failed", request_id)
             error = EngineDead(f"internal error: {exc}")
         channel.finish(pb_utils.InferenceResponse(error=triton_error(error)))
-
-    def _parse(self, request: Any, request_id: str) -> tuple[GenerationRequest, OutputOptions, str]:
-        prompt = _text(request, wire.TEXT_INPUT)
-        raw_messages = _json_input(request, wire.MESSAGES)
-        raw_tools = _json_input(request, wire.TOOLS)
-        template_kwargs = _json_input(request, wire.CHAT_TEMPLATE_KWARGS)
-        messages: tuple[dict[str, Any], ...] | None = None
-        tools: tuple[dict[str, Any], ...] | None = None
-        try:
-            if raw_messages is not None:
-                messages = wire.check_messages(raw_messages)
-            elif prompt is None:
-                raise InvalidRequest("either text_input or messages is required")
-            if raw_tools:
-                tools = wire.check_tools(raw_tools)
-        except wire.WireError as exc:
-            raise InvalidRequest(exc.message) from None
-        if template_kwargs is not None and not isinstance(template_kwargs, dict):
-            raise InvalidRequest("chat_template_kwargs must be a JSON object")
-
-        def flag(name: str) -> bool:
-            value = _scalar(request, name)
-            return bool(value) if value is not None else False
-
-        options = OutputOptions(
-            stream=flag(wire.STREAM), exclude_input=flag(wire.EXCLUDE_INPUT_IN_OUTPUT) or messages is not None,
-            finish_reason=flag(wire.RETURN_FINISH_REASON), num_input_tokens=flag(wire.RETURN_NUM_INPUT_TOKENS),
-            num_output_tokens=flag(wire.RETURN_NUM_OUTPUT_TOKENS), logprobs=flag(wire.RETURN_LOGPROBS))
-        sampling = parse_sampling(_text(request, wire.SAMPLING_PARAMETERS))
-        # Logprobs cost work per step: computed only when they are returned (0 alternatives
-        # unless `logprobs` in sampling_parameters asks for more).
-        if not options.logprobs:
-            sampling = dataclasses.replace(sampling, logprobs=None)
-        elif sampling.logprobs is None:
-            sampling = dataclasses.replace(sampling, logprobs=0)
-        gen = GenerationRequest(
-            request_id=request_id, prompt=None if messages is not None else prompt, messages=messages,
-            sampling=sampling, tools=tools, chat_template_kwargs=template_kwargs)
-        return gen, options, prompt or ""
 
     # ---- response thread -----------------------------------------------------------------
 
@@ -407,24 +434,10 @@ class TritonPythonModel:
                 self._finish(request_id, pb_utils.InferenceResponse(
                     error=triton_error(RequestCancelled("the request was cancelled"))))
 
-    def _tensor(self, name: str, values: list[Any], dtype: Any) -> Any:
-        array = np.array(values, dtype=dtype)
-        return pb_utils.Tensor(name, array.reshape(1, -1) if self._batched else array)
-
     def _response(self, entry: InFlight, text: str, event: TokenEvent, output_tokens: int,
                   logprobs: list[TokenLogprobs] | None = None) -> Any:
-        tensors = [self._tensor(wire.TEXT_OUTPUT, [text.encode("utf-8")], np.object_)]
-        if entry.options.finish_reason:
-            reason = event.finish_reason.value if event.finish_reason else ""
-            tensors.append(self._tensor(wire.FINISH_REASON, [reason.encode()], np.object_))
-        if entry.options.num_input_tokens:
-            tensors.append(self._tensor(wire.NUM_INPUT_TOKENS, [entry.input_tokens], np.uint32))
-        if entry.options.num_output_tokens:
-            tensors.append(self._tensor(wire.NUM_OUTPUT_TOKENS, [output_tokens], np.uint32))
-        if entry.options.logprobs:
-            entries = logprobs if logprobs is not None else (event.logprobs or ())
-            tensors.append(self._tensor(wire.LOGPROBS, [logprobs_json(entries).encode("utf-8")], np.object_))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return pb_utils.InferenceResponse(output_tensors=response_tensors(
+            entry.options, text, event, entry.input_tokens, output_tokens, logprobs, self._batched))
 
     def finalize(self) -> None:
         # Triton calls this only once every response factory of the model is gone (its

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import xgrammar as xgr
 from chatllm_wire import StructuredOutput
@@ -112,13 +113,14 @@ class GrammarCache:
         return SequenceConstraint(xgr.GrammarMatcher(self.compile(spec)), self, extra)
 
 
-def _bitmask_row(allowed: list[bool], vocab_size: int) -> np.ndarray:
+def _bitmask_row(allowed: list[bool], vocab_size: int) -> npt.NDArray[np.int32]:
     """xgrammar's bitmask layout (bit j of word k: token 32k + j) of `allowed` tokens."""
     words = (vocab_size + 31) // 32
     bits = np.zeros(words * 32, dtype=np.uint64)
     bits[:min(len(allowed), vocab_size)] = np.asarray(allowed[:vocab_size], dtype=np.uint64)
     packed = (bits.reshape(words, 32) << np.arange(32, dtype=np.uint64)).sum(axis=1)
-    return packed.astype(np.uint32).view(np.int32)
+    row: npt.NDArray[np.int32] = packed.astype(np.uint32).view(np.int32)
+    return row
 
 
 class LazyGrammarCache:
@@ -148,7 +150,8 @@ _LABELS = {"json": "JSON schema", "json_object": "JSON object grammar", "regex":
 class SequenceConstraint:
     """The grammar state of one sequence; touched only by the engine thread."""
 
-    def __init__(self, matcher: xgr.GrammarMatcher, cache: GrammarCache, extra: np.ndarray | None = None) -> None:
+    def __init__(self, matcher: xgr.GrammarMatcher, cache: GrammarCache,
+                 extra: npt.NDArray[np.int32] | None = None) -> None:
         self._matcher = matcher
         self.cache = cache
         self._extra = extra  # a bitmask row ANDed into every step's (tokens never allowed)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from chatllm_wire import SAMPLING_PARAMS, WireError, check_sampling
 
+from .adding import RequestAdder
 from .chat import check_prompt_ids, eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .constraints import LazyGrammarCache, SequenceConstraint, mask_logits
@@ -34,16 +34,13 @@ from .packed_forward import Segment, StepLayout, forward_step, use_packed_attent
 from .prefix_cache import PrefixCache
 from .scheduler import FcfsScheduler, plan_tokens
 from .text import IncrementalDetokenizer, StopStringMatcher
-from .types import FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
+from .types import EventSink, FinishReason, GenerationRequest, SamplingParams, TokenEvent, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 
 # Room (tokens) the budget must keep beside a newcomer while other rows run, so that an
 # admission does not force a preemption a few steps later.
 ADMISSION_HEADROOM = 16
-
-EventSink = Callable[[TokenEvent | EngineError], None]
-
 
 @dataclass
 class EngineStats:
@@ -99,7 +96,7 @@ def _check_sampling(p: SamplingParams) -> None:
         raise InvalidRequest(exc.message) from None
 
 
-class LLMEngine:
+class LLMEngine(RequestAdder):
     """Serves many requests at once on one model instance."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: EngineConfig) -> None:
@@ -132,17 +129,6 @@ class LLMEngine:
     def tokenize(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids; chat messages go through the model's own chat template."""
         return prompt_token_ids(self.tokenizer, request, self.config.tool_call_parser)
-
-    def add_request(self, request: GenerationRequest, sink: EventSink) -> int:
-        """Validate and queue a request; events go to `sink` (called on the engine thread).
-
-        Returns the number of prompt tokens. Raises InvalidRequest, ContextTooLong or
-        EngineOverloaded (nothing is queued then), EngineDead after a fatal failure.
-        """
-        result = self.add_requests([(request, sink)])[0]
-        if isinstance(result, EngineError):
-            raise result
-        return result
 
     def add_requests(self, items: list[tuple[GenerationRequest, EventSink]]) -> list[int | EngineError]:
         """Queue requests that arrived together in one go, so one step admits (and prefills)
@@ -299,7 +285,7 @@ class LLMEngine:
             pending = [s.num_tokens - s.kv.length for s in self._running]  # type: ignore[union-attr]
             counts = plan_tokens(pending, self.config.max_num_batched_tokens)
             plan = [(s, c) for s, c in zip(self._running, counts) if c > 0]
-            short = next((s for s, c in plan if not self._kv.ensure(s.kv, s.kv.length + c)), None)  # type: ignore[union-attr]
+            short = next((s for s, c in plan if not self._kv.ensure(s.kv, s.kv.length + c)), None)  # type: ignore[arg-type,union-attr]
             if short is None:
                 return plan
             self._preempt(self._running[-1])

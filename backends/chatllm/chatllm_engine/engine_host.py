@@ -22,11 +22,11 @@ from typing import Any, Callable, Protocol
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import EngineConfig
-from .engine import EngineStats, EventSink, LLMEngine
+from .engine import EngineStats, LLMEngine
 from .errors import EngineError
 from .fallback import FallbackEngine, is_seq2seq, load_for_fallback
 from .loader import load_model
-from .types import GenerationRequest
+from .types import EventSink, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +100,15 @@ class EngineHost:
     """Starts one engine on its own thread (it loads the model there) and stops it.
 
     For `ours` and `fallback`; `start()` returns the engine once it serves and `kind` says
-    which one it is ("ours" or "fallback"). A `loader` may replace loading from
-    `model_path` (tests pass in-memory models); the choice then looks at the model it returns.
+    which one it is ("ours" or "fallback"). For tests only, `test_loader` replaces loading from
+    `model_path` (by in-memory models); the choice then looks at the model it returns.
     """
 
-    def __init__(self, config: EngineConfig, loader: Loader | None = None, name: str = "chatllm-engine") -> None:
+    def __init__(self, config: EngineConfig, name: str = "chatllm-engine", *,
+                 test_loader: Loader | None = None) -> None:
         self.config = config
         self.kind = "ours"
-        self._loader = loader
+        self._loader = test_loader
         self._ready = threading.Event()
         self._engine: LLMEngine | FallbackEngine | None = None
         self._error: BaseException | None = None

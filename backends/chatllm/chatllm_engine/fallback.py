@@ -25,17 +25,17 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqL
                           StoppingCriteria, StoppingCriteriaList)
 from transformers.generation.streamers import BaseStreamer
 
+from .adding import RequestAdder
 from .chat import check_prompt_ids, eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
 from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded
 from .sampling import SequenceSampler, sample_next_tokens, token_logprobs
 from .text import IncrementalDetokenizer, StopStringMatcher
-from .types import FinishReason, GenerationRequest, TokenEvent, TokenLogprobs
+from .types import EventSink, FinishReason, GenerationRequest, TokenEvent, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 
-EventSink = Callable[[TokenEvent | EngineError], None]
 DEFAULT_SEQ2SEQ_LEN = 512  # decoder length when a seq2seq config names none
 
 
@@ -56,11 +56,14 @@ def load_for_fallback(config: EngineConfig) -> tuple[PreTrainedModel, PreTrained
     tokenizer_path = resolve_model_path(config.tokenizer_path) if config.tokenizer_path else path
     gguf: dict[str, Any] = {"gguf_file": config.gguf_file} if config.gguf_file else {}
     model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code, **gguf)
-    auto = AutoModelForSeq2SeqLM if is_seq2seq(model_config) else AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=config.trust_remote_code,
                                               **(gguf if tokenizer_path == path else {}))
-    model = auto.from_pretrained(path, dtype=resolve_dtype(config.dtype, config.device),
-                                 trust_remote_code=config.trust_remote_code, **gguf)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(config.dtype, config.device),
+                              "trust_remote_code": config.trust_remote_code, **gguf}
+    if is_seq2seq(model_config):
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.to(config.device)
     model.eval()
     if config.chat_template:
@@ -186,7 +189,7 @@ class _EventStreamer(BaseStreamer):
         self._emit(reason)
 
 
-class FallbackEngine:
+class FallbackEngine(RequestAdder):
     """Per-request `generate` on `fallback_concurrency` worker threads, FCFS behind them."""
 
     kind = "fallback"
@@ -240,12 +243,6 @@ class FallbackEngine:
             except EngineError as exc:
                 results.append(exc)
         return results
-
-    def add_request(self, request: GenerationRequest, sink: EventSink) -> int:
-        result = self.add_requests([(request, sink)])[0]
-        if isinstance(result, EngineError):
-            raise result
-        return result
 
     def abort(self, request_id: str) -> None:
         """Stop a request: a queued one is dropped when a worker reaches it, a running one at
@@ -330,14 +327,14 @@ class FallbackEngine:
         # The model's own generation config (decoder start token, ...) less every default that
         # would change which token is chosen: the picker alone decides.
         generation = copy.deepcopy(self.model.generation_config)
-        generation.update(
+        generation.update(  # type: ignore[no-untyped-call]  # GenerationConfig.update is untyped
             do_sample=False, num_beams=1, max_length=None, max_new_tokens=job.max_tokens,
             min_new_tokens=params.min_tokens or None, eos_token_id=eos or None, pad_token_id=self._pad_id(eos),
             repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, bad_words_ids=None,
             suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
             forced_eos_token_id=None, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
-            self.model.generate(
+            self.model.generate(  # type: ignore[operator]  # GenerationMixin's, not declared on PreTrainedModel
                 input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=generation,
                 logits_processor=LogitsProcessorList([picker]), streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_Stop(lambda: streamer.stopped or job.cancelled.is_set())]))

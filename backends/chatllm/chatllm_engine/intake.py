@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ContextTooLong, EngineError
-from .types import GenerationRequest, TokenEvent
+from .types import EventSink, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
 LONG_PROMPT_CHARS = 16384
 """Prompts longer than this (in characters) are prepared in the long lane."""
 
-EventSink = Callable[[TokenEvent | EngineError], None]
 
 
 class PreparingEngine(Protocol):

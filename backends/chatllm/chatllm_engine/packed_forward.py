@@ -77,8 +77,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """query [1, H, T, D], key/value [1, Hkv, T, D] -> output [1, T, H, D]."""
     step = kwargs.get(STEP_KWARG)
     if not isinstance(step, StepLayout):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,  # type: ignore[no-any-return]
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)  # type: ignore[arg-type]  # kwargs: transformers' own
     layer = int(module.layer_idx)  # type: ignore[arg-type]
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
     groups = heads // kv_heads
@@ -124,4 +124,5 @@ def forward_step(model: PreTrainedModel, token_ids: list[int], positions: list[i
                 logits_to_keep=keep, **{STEP_KWARG: layout})
     for seg in layout.segments:
         seg.kv.length = seg.total
-    return out.logits[0]
+    logits: torch.Tensor = out.logits
+    return logits[0]

@@ -44,7 +44,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed_weight, self.bias, "none", [], "")
+        y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(rows, self.packed_weight, self.bias, "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -85,7 +85,8 @@ def pack_linear_layers(model: nn.Module, bf16: bool = False) -> int:
     dtypes = (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
     places = [(parent, name) for parent in model.modules()
               for name, child in parent.named_children() if _packable(child, dtypes)]
-    if not places or not torch.backends.mkldnn.is_available() or not _agrees(getattr(*places[0])):
+    usable = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+    if not places or not usable or not _agrees(getattr(*places[0])):
         return 0
     for parent, name in places:  # one at a time, so each plain weight is freed before the next
         setattr(parent, name, PackedLinear(getattr(parent, name)))

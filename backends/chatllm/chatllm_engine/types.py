@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatllm_wire import StructuredOutput
+
+from .errors import EngineError
 
 
 class FinishReason(str, enum.Enum):
@@ -87,3 +90,7 @@ class TokenEvent:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+EventSink = Callable[[TokenEvent | EngineError], None]
+"""Where an engine sends a request's events, and its error if it fails after being queued."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -23,17 +24,17 @@ import shutil
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .adding import RequestAdder
 from .chat import prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
 from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest
-from .types import FinishReason, GenerationRequest, Logprob, SamplingParams, TokenEvent, TokenLogprobs
+from .types import EventSink, FinishReason, GenerationRequest, Logprob, SamplingParams, TokenEvent, TokenLogprobs
 
 logger = logging.getLogger(__name__)
 
-EventSink = Callable[[TokenEvent | EngineError], None]
 START_TIMEOUT_S = 900.0  # first start compiles the model
 
 
@@ -64,7 +65,7 @@ def materialize_gguf(folder: str, gguf_file: str, trust_remote_code: bool, cache
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     # The weights are plain float tensors now; what remains of GGUF is the marker that
     # forbids saving them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # not declared on PreTrainedModel
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(partial)
@@ -177,7 +178,7 @@ class _StatsLogger:
             stats.preemptions += int(iteration.num_preempted_reqs)
 
 
-class VllmEngine:
+class VllmEngine(RequestAdder):
     """vLLM's AsyncLLM, driven from other threads through the LLMEngine interface."""
 
     kind = "vllm"
@@ -314,12 +315,6 @@ class VllmEngine:
             results.append(len(prompt_ids))
         return results
 
-    def add_request(self, request: GenerationRequest, sink: EventSink) -> int:
-        result = self.add_requests([(request, sink)])[0]
-        if isinstance(result, EngineError):
-            raise result
-        return result
-
     def abort(self, request_id: str) -> None:
         """Cancel a request; vLLM frees its sequence and the sink gets an ABORT event."""
         self._loop.call_soon_threadsafe(self._cancel, request_id)
@@ -345,7 +340,7 @@ class VllmEngine:
                        sink: EventSink) -> None:
         task = self._loop.create_task(self._generate(request, prompt_ids, max_tokens, sink))
         self._tasks[request.request_id] = task
-        task.add_done_callback(lambda t, rid=request.request_id: self._done(rid, t))
+        task.add_done_callback(functools.partial(self._done, request.request_id))
 
     def _done(self, request_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(request_id, None)

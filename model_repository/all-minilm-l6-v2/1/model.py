@@ -23,6 +23,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a local folder, never the hub
 
 import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
@@ -115,7 +116,7 @@ class SentenceEncoder:
         # so a huge text costs about what a long one does and delays its batch only that much.
         self.max_chars = max_len * max(longest, 1) * CLIP_SLACK
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    def encode(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], list[int]]:
         """Vectors [len(texts), dimensions] (float32) and each text's token count."""
         # Stripped as sentence-transformers' Transformer module does; clipped where truncation
         # would cut anyway.
@@ -131,7 +132,7 @@ class SentenceEncoder:
         return vectors, lengths
 
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len,
                                pad_to_multiple_of=PAD_MULTIPLE, return_tensors="pt").to(self.device)
         hidden = self.model(**batch).last_hidden_state
@@ -142,7 +143,8 @@ class SentenceEncoder:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.float().cpu().numpy()
+        vectors: npt.NDArray[np.float32] = pooled.float().cpu().numpy()
+        return vectors
 
 
 class _TritonLogHandler(logging.Handler):

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 MODEL_PY = Path(__file__).resolve().parents[3] / "backends" / "chatllm" / "model.py"
@@ -28,9 +29,42 @@ def _fake_pb_utils() -> types.ModuleType:
         def __init__(self, output_tensors: Any = None, error: Any = None) -> None:
             self.output_tensors, self.error = output_tensors, error
 
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self._name, self._array = name, array
+
+        def name(self) -> str:
+            return self._name
+
+        def as_numpy(self) -> np.ndarray:
+            return self._array
+
+    class TritonModelException(Exception):
+        pass
+
+    def get_input_tensor_by_name(request: FakeRequest, name: str) -> Tensor | None:
+        array = request.inputs.get(name)
+        return None if array is None else Tensor(name, array)
+
     pb.TritonError = TritonError  # type: ignore[attr-defined]
     pb.InferenceResponse = InferenceResponse  # type: ignore[attr-defined]
+    pb.Tensor = Tensor  # type: ignore[attr-defined]
+    pb.TritonModelException = TritonModelException  # type: ignore[attr-defined]
+    pb.get_input_tensor_by_name = get_input_tensor_by_name  # type: ignore[attr-defined]
     return pb
+
+
+class FakeRequest:
+    """A Triton request as the adapter reads it: named input tensors (shape [1, 1] as Triton
+    sends a batched model's; strings as bytes)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.inputs: dict[str, np.ndarray] = {}
+        for name, value in values.items():
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            dtype = np.object_ if isinstance(value, bytes) else type(value)
+            self.inputs[name] = np.array([[value]], dtype=dtype)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,8 @@ def test_a_template_that_knows_tools_gets_them_and_object_arguments(
     tokenizer.chat_template = (
         "{% if tools %}TOOLS:{% for t in tools %}{{ t['function']['name'] }};{% endfor %}\n{% endif %}"
         "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}"
-        "{% for c in m.get('tool_calls') or [] %}CALL {{ c['function']['name'] }} {{ c['function']['arguments']['city'] }}"
+        "{% for c in m.get('tool_calls') or [] %}"
+        "CALL {{ c['function']['name'] }} {{ c['function']['arguments']['city'] }}"
         "{% endfor %}\n{% endfor %}{% if flag %}FLAG{% endif %}")
 
     text = render_chat(tokenizer, HISTORY, (TOOL,), {"flag": True})

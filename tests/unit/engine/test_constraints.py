@@ -41,7 +41,8 @@ SCHEMA = {
 def valid(value: dict[str, object]) -> bool:
     inner = value["inner"]
     return (set(value) == set(SCHEMA["properties"]) and isinstance(value["name"], str)  # type: ignore[arg-type]
-            and re.fullmatch("[a-z]{1,6}", value["name"]) is not None and isinstance(value["n"], int) and 3 <= value["n"] <= 7
+            and re.fullmatch("[a-z]{1,6}", value["name"]) is not None
+            and isinstance(value["n"], int) and 3 <= value["n"] <= 7
             and value["kind"] in ("cat", "dog") and isinstance(value["tags"], list) and len(value["tags"]) <= 2
             and all(isinstance(t, bool) for t in value["tags"])
             and isinstance(inner, dict) and set(inner) == {"x"} and isinstance(inner["x"], int)

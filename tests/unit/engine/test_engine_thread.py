@@ -27,7 +27,7 @@ def test_loads_and_steps_on_one_thread_that_is_not_the_callers(
         return tiny_model, tiny_tokenizer
 
     hook = tiny_model.register_forward_pre_hook(lambda module, args: forward_on.add(threading.get_ident()))
-    worker = EngineHost(engine_config(), loader=loader)
+    worker = EngineHost(engine_config(), test_loader=loader)
     try:
         engine = worker.start()
         collector = WaitableCollector()
@@ -42,7 +42,7 @@ def test_loads_and_steps_on_one_thread_that_is_not_the_callers(
 
 
 def test_stop_ends_the_thread(tiny_model: PreTrainedModel, tiny_tokenizer: PreTrainedTokenizerBase) -> None:
-    worker = EngineHost(engine_config(), loader=lambda config: (tiny_model, tiny_tokenizer))
+    worker = EngineHost(engine_config(), test_loader=lambda config: (tiny_model, tiny_tokenizer))
     worker.start()
     worker.stop()
     assert not worker.is_alive()
@@ -53,4 +53,4 @@ def test_a_failed_load_is_raised_by_start_with_its_cause() -> None:
         raise OSError("no such model folder: /nowhere")
 
     with pytest.raises(EngineError, match="no such model folder: /nowhere"):
-        EngineHost(engine_config(), loader=loader).start()
+        EngineHost(engine_config(), test_loader=loader).start()

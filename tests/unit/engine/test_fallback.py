@@ -64,7 +64,7 @@ def own_cache_llama(tiny_tokenizer: PreTrainedTokenizerBase) -> OwnCacheLlama:
 
 
 def _host(model: Any, tokenizer: PreTrainedTokenizerBase, **overrides: object) -> EngineHost:
-    return EngineHost(engine_config(**overrides), loader=lambda config: (model, tokenizer))
+    return EngineHost(engine_config(**overrides), test_loader=lambda config: (model, tokenizer))
 
 
 def _run(engine: Any, collector: WaitableCollector, request_id: str, sampling: SamplingParams,

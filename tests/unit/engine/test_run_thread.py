@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 import chatllm_engine.engine as engine_module
 from chatllm_engine.engine import LLMEngine
 from chatllm_engine.errors import EngineDead, EngineError
-from chatllm_engine.types import FinishReason, GenerationRequest, TokenEvent
+from chatllm_engine.types import FinishReason, TokenEvent
 
 from .support import PROMPTS, Collector, add, drain, greedy, make_engine
 
@@ -128,20 +128,27 @@ def test_stop_of_an_idle_engine_ends_the_thread(running_engine: tuple[LLMEngine,
         add(engine, Collector(), "late", PROMPTS[0], greedy(5))
 
 
-def failing_once(real: Callable[..., Any], failed: threading.Event) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+@pytest.fixture
+def first_forward_fails(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The engine's next forward step raises (as a CUDA OOM would); later ones run. The event
+    is set once it has failed."""
+    failed = threading.Event()
+    real = engine_module.forward_step
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
         if not failed.is_set():
             failed.set()
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(*args, **kwargs)
-    return wrapper
+
+    monkeypatch.setattr(engine_module, "forward_step", failing_once)
+    return failed
 
 
 def test_a_failing_decode_step_fails_the_batch_and_the_engine_keeps_serving(
-        running_engine: tuple[LLMEngine, threading.Thread], monkeypatch: pytest.MonkeyPatch) -> None:
+        running_engine: tuple[LLMEngine, threading.Thread], first_forward_fails: threading.Event) -> None:
     engine, _ = running_engine
-    failed = threading.Event()
-    monkeypatch.setattr(engine_module, "forward_step", failing_once(engine_module.forward_step, failed))
+    failed = first_forward_fails
     out = WaitableCollector()
 
     add(engine, out, "victim", PROMPTS[0], greedy(50, ignore_eos=True))
@@ -158,10 +165,9 @@ def test_a_failing_decode_step_fails_the_batch_and_the_engine_keeps_serving(
 
 
 def test_a_failing_prefill_fails_the_requests_being_admitted(
-        running_engine: tuple[LLMEngine, threading.Thread], monkeypatch: pytest.MonkeyPatch) -> None:
+        running_engine: tuple[LLMEngine, threading.Thread], first_forward_fails: threading.Event) -> None:
     engine, thread = running_engine
-    failed = threading.Event()
-    monkeypatch.setattr(engine_module, "forward_step", failing_once(engine_module.forward_step, failed))
+    failed = first_forward_fails
     out = WaitableCollector()
 
     add(engine, out, "admitted", PROMPTS[0], greedy(5))

@@ -17,81 +17,41 @@ MAX_TOKENS = 40
 # ---- StopStringMatcher on its own ------------------------------------------------------------
 
 
-def feed_all(matcher: StopStringMatcher, deltas: list[str]) -> list[str]:
-    return [matcher.feed(delta) for delta in deltas]
+@dataclass(frozen=True)
+class Feeding:
+    stops: tuple[str, ...]
+    deltas: list[str]
+    released: list[str]  # what each feed() returns
+    flushed: str  # what flush() returns at the end
+    stopped: bool
 
 
-def test_text_without_stop_strings_passes_through_unchanged() -> None:
-    matcher = StopStringMatcher(())
-
-    assert feed_all(matcher, ["Hello", " wor", "ld"]) == ["Hello", " wor", "ld"]
-    assert matcher.flush() == ""
-    assert not matcher.stopped
-
-
-def test_text_is_cut_right_before_the_stop_string() -> None:
-    matcher = StopStringMatcher(("STOP",))
-
-    assert feed_all(matcher, ["abc STOP def"]) == ["abc "]
-    assert matcher.stopped
-    assert matcher.feed("more") == ""
-    assert matcher.flush() == ""
-
-
-def test_a_possible_start_of_a_stop_string_is_held_back_until_it_matches() -> None:
-    matcher = StopStringMatcher(("world",))
-
-    assert matcher.feed("Hello wo") == "Hello "
-    assert matcher.feed("r") == ""
-    assert matcher.feed("ld, bye") == ""
-    assert matcher.stopped
-
-
-def test_held_back_text_is_released_once_it_cannot_match() -> None:
-    matcher = StopStringMatcher(("world",))
-
-    assert matcher.feed("Hello wo") == "Hello "
-    assert matcher.feed("nder") == "wonder"
-    assert matcher.feed("ful w") == "ful "
-    assert matcher.flush() == "w"
-    assert not matcher.stopped
-
-
-def test_a_stop_string_fed_one_character_at_a_time_never_leaks() -> None:
-    matcher = StopStringMatcher(("</s>",))
-
-    released = feed_all(matcher, list("answer</s>tail"))
-
-    assert "".join(released) == "answer"
-    assert matcher.stopped
-
-
-def test_the_earliest_of_several_stop_strings_wins() -> None:
-    matcher = StopStringMatcher(("xyz", "b"))
-
-    assert "".join(feed_all(matcher, ["ax", "yzb"])) == "a"
-
-
-def test_a_longer_stop_string_sharing_a_prefix_is_still_found() -> None:
-    matcher = StopStringMatcher(("ab", "abcd"))
-
-    assert "".join(feed_all(matcher, ["xa", "bcd"])) == "x"
-
-
-def test_overlapping_prefix_is_held_back_for_the_next_candidate() -> None:
-    matcher = StopStringMatcher(("aab",))
-
+@pytest.mark.parametrize("case", [
+    pytest.param(Feeding((), ["Hello", " wor", "ld"], ["Hello", " wor", "ld"], "", False),
+                 id="text without stop strings passes through unchanged"),
+    pytest.param(Feeding(("STOP",), ["abc STOP def", "more"], ["abc ", ""], "", True),
+                 id="text is cut right before the stop string"),
+    pytest.param(Feeding(("world",), ["Hello wo", "r", "ld, bye"], ["Hello ", "", ""], "", True),
+                 id="a possible start of a stop string is held back until it matches"),
+    pytest.param(Feeding(("world",), ["Hello wo", "nder", "ful w"], ["Hello ", "wonder", "ful "], "w", False),
+                 id="held back text is released once it cannot match"),
+    pytest.param(Feeding(("</s>",), list("answer</s>tail"), [*"answer", *[""] * 8], "", True),
+                 id="a stop string fed one character at a time never leaks"),
+    pytest.param(Feeding(("xyz", "b"), ["ax", "yzb"], ["a", ""], "", True),
+                 id="the earliest of several stop strings wins"),
+    pytest.param(Feeding(("ab", "abcd"), ["xa", "bcd"], ["x", ""], "", True),
+                 id="a longer stop string sharing a prefix is still found"),
     # "aaa" ends with "aa": the first "a" is safe, the last two could start "aab".
-    assert matcher.feed("aaa") == "a"
-    assert matcher.feed("b") == ""
-    assert matcher.stopped
+    pytest.param(Feeding(("aab",), ["aaa", "b"], ["a", ""], "", True),
+                 id="overlapping prefix is held back for the next candidate"),
+    pytest.param(Feeding(("",), ["text"], ["text"], "", False), id="empty stop strings are ignored"),
+])
+def test_stop_string_matcher(case: Feeding) -> None:
+    matcher = StopStringMatcher(case.stops)
 
-
-def test_empty_stop_strings_are_ignored() -> None:
-    matcher = StopStringMatcher(("",))
-
-    assert matcher.feed("text") == "text"
-    assert not matcher.stopped
+    assert [matcher.feed(delta) for delta in case.deltas] == case.released
+    assert matcher.flush() == case.flushed
+    assert matcher.stopped is case.stopped
 
 
 # ---- stop strings in generation --------------------------------------------------------------
