@@ -7,9 +7,10 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
-from .servers import TritonProcess, launch_gateway, launch_triton
+from .servers import TritonProcess, launch_gateway, launch_triton, openai_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
@@ -22,6 +23,12 @@ def default_stack() -> Iterator[tuple[TritonProcess, str]]:
     one for every module that needs the real models, as loading them is the slow part."""
     with launch_triton(DEFAULT_REPOSITORY) as triton, launch_gateway([triton.grpc_url]) as gateway:
         yield triton, gateway
+
+
+@pytest.fixture(scope="session")
+def default_client(default_stack: tuple[TritonProcess, str]) -> openai.OpenAI:
+    """The official OpenAI client on `default_stack`'s gateway."""
+    return openai_client(default_stack[1])
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.metrics import metric, sample
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 from tests.unit.test_docker_files import TRITON_SERIES
@@ -45,19 +45,6 @@ MAX_LOAD_REQUESTS = 3000
 """Bound on the steady load, whatever happens."""
 
 
-def metric(url: str, name: str, labels: dict[str, str]) -> float | None:
-    """One sample from a Prometheus text page, or None when absent."""
-    text = httpx.get(url, timeout=5).text
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(2))
-    return None
-
-
 def kill_server(triton: TritonProcess) -> None:
     """SIGKILL, as a crashed machine would, to the server and its backend stubs at once
     (launch_triton starts it as the leader of its own process group)."""
@@ -67,13 +54,11 @@ def kill_server(triton: TritonProcess) -> None:
 
 def served(triton: TritonProcess) -> float:
     """Requests Triton says the echo model completed successfully."""
-    return metric(triton.metrics_url, "nv_inference_request_success", {"model": "echo"}) or 0.0
+    return metric(triton.metrics_url, "nv_inference_request_success", model="echo")
 
 
 def endpoint_ready(gateway: str, triton: TritonProcess) -> float | None:
-    return metric(
-        f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", {"endpoint": triton.grpc_url}
-    )
+    return sample(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", endpoint=triton.grpc_url)
 
 
 @dataclass

@@ -20,7 +20,8 @@ import pytest
 from tests.integration.polling import wait_until
 from tests.integration.reliability_load import ClosedLoop, describe
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
-from tests.integration.test_multi_triton import ECHO_MODEL, endpoint_ready, kill_server, metric, served
+from tests.integration.metrics import metric
+from tests.integration.test_multi_triton import ECHO_MODEL, endpoint_ready, kill_server, served
 from tritonchat.launch import terminate
 
 pytestmark = pytest.mark.integration
@@ -51,7 +52,7 @@ def two_servers(repository: Path, stack: contextlib.ExitStack) -> tuple[TritonPr
 
 def failures_on(gateway: str, triton: TritonProcess) -> float:
     name = "tritonchat_gateway_endpoint_failures_total"
-    return metric(f"{gateway}/metrics", name, {"endpoint": triton.grpc_url}) or 0.0
+    return metric(f"{gateway}/metrics", name, endpoint=triton.grpc_url)
 
 
 def test_killing_one_of_two_servers_loses_no_request_that_can_be_saved(

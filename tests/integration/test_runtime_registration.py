@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.metrics import metric, sample
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 from tests.integration.test_multi_triton import (
-    metric,
     ECHO_MODEL,
     SteadyLoad,
     endpoint_ready,
@@ -106,8 +106,7 @@ def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             def routed() -> bool:
-                return metric(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready",
-                              {"endpoint": address}) == 1.0
+                return sample(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", endpoint=address) == 1.0
 
             wait_until(routed, "the served Triton routed to", timeout_s=240, alive=serve)  # type: ignore[arg-type]
             metrics_url = f"http://127.0.0.1:{metrics}/metrics"
@@ -115,7 +114,7 @@ def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
                 for _ in range(6):
                     assert client.post("/v1/completions",
                                        json={"model": "echo", "prompt": "x"}).status_code == 200
-            assert (metric(metrics_url, "nv_inference_request_success", {"model": "echo"}) or 0) >= 2
+            assert metric(metrics_url, "nv_inference_request_success", model="echo") >= 2
 
             serve.send_signal(signal.SIGTERM)
             wait_until(lambda: not routed(), "the unregistered server out of rotation",
