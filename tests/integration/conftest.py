@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
-from .servers import TritonProcess, launch_gateway, launch_triton, openai_client
+from .servers import TritonProcess, copy_echo, launch_gateway, launch_triton, openai_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
-TEST_REPOSITORY = ROOT / "tests" / "model_repository"
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +33,7 @@ def default_client(default_stack: tuple[TritonProcess, str]) -> openai.OpenAI:
 def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     """tritonserver serving only the deterministic echo model (fast to start), shared by the
     modules that test the gateway and the load tests; tests compare metrics before and after."""
-    repository = tmp_path_factory.mktemp("echo_repository")
-    shutil.copytree(TEST_REPOSITORY / "echo", repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    with launch_triton(repository) as process:
+    with launch_triton(copy_echo(tmp_path_factory.mktemp("echo_repository"))) as process:
         yield process
 
 
@@ -45,6 +41,19 @@ def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProc
 def echo_gateway(echo_triton: TritonProcess) -> Iterator[str]:
     with launch_gateway([echo_triton.grpc_url]) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def echo_repository(tmp_path: Path) -> Path:
+    """A fresh model repository holding the echo model."""
+    return copy_echo(tmp_path)
+
+
+@pytest.fixture
+def servers() -> Iterator[contextlib.ExitStack]:
+    """Servers a test enters here are stopped when it ends, the last started first."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -1,14 +1,18 @@
-"""Reading a server's Prometheus page in a test: Triton's `/metrics` or the gateway's.
+"""Reading a server's Prometheus page in a test (Triton's `/metrics` or the gateway's), and
+watching the running gauge while a client disconnects mid-stream.
 
 Parsed with `loadtest.scrape.Scrape` (prometheus_client's parser), as the load tests read them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from loadtest.scrape import Scrape
 
+from .polling import wait_until
 from .servers import TritonProcess
 
 
@@ -32,3 +36,19 @@ def model_metric(triton: TritonProcess, model: str, name: str, **labels: str) ->
     value = sample(triton.metrics_url, name, model=model, **labels)
     assert value is not None, f"{name} {labels} of {model} missing from {triton.metrics_url}"
     return value
+
+
+def disconnect_mid_stream(triton: TritonProcess, gateway: str, route: str, body: dict[str, Any], what: str,
+                          timeout_s: float) -> None:
+    """Stream `body` to `route`, and once text flows and the running gauge counts the sequence,
+    disconnect; then wait until the sequence has left the batch (`what` names that wait).
+
+    The gauge is published every few tens of ms: each side is waited for, never read once.
+    """
+    model = body["model"]
+    with httpx.stream("POST", f"{gateway}{route}", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
+        assert any(('"content"' if "chat" in route else '"text"') in line for line in seen)
+        wait_until(lambda: model_metric(triton, model, "chatllm_running_sequences") >= 1, "the running gauge")
+    wait_until(lambda: model_metric(triton, model, "chatllm_running_sequences") == 0, what, timeout_s=timeout_s)

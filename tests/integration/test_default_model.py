@@ -11,21 +11,13 @@ import httpx
 import openai
 import pytest
 
-from .polling import wait_until
+from .metrics import disconnect_mid_stream, model_metric
 from .servers import TritonProcess
 
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France? Answer in one word."
-
-
-def metric(triton: TritonProcess, name: str) -> float:
-    """The value of one metric sample of the default model on Triton's metrics endpoint."""
-    text = httpx.get(triton.metrics_url, timeout=10).text
-    match = re.search(rf'^{name}{{[^}}]*model="{MODEL}"[^}}]*}} (\S+)$', text, re.MULTILINE)
-    assert match, f"{name} missing from {triton.metrics_url}"
-    return float(match.group(1))
 
 
 def test_greedy_answer_contains_paris(default_client: openai.OpenAI) -> None:
@@ -57,9 +49,9 @@ def test_alias_and_completions_endpoint(default_client: openai.OpenAI) -> None:
 def test_metrics_count_successful_requests(default_stack: tuple[TritonProcess, str],
                                            default_client: openai.OpenAI) -> None:
     triton = default_stack[0]
-    before = metric(triton, "nv_inference_request_success")
+    before = model_metric(triton, MODEL, "nv_inference_request_success")
     default_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-    assert metric(triton, "nv_inference_request_success") == before + 1
+    assert model_metric(triton, MODEL, "nv_inference_request_success") == before + 1
 
 
 def test_eight_concurrent_streams_are_batched_together(default_stack: tuple[TritonProcess, str],
@@ -76,22 +68,16 @@ def test_eight_concurrent_streams_are_batched_together(default_stack: tuple[Trit
         results = list(pool.map(ask, range(8)))
     assert all(text and reason in ("stop", "length") for text, reason in results)
     # The engine's largest running batch (a backend metric) held several sequences at once.
-    assert metric(default_stack[0], "chatllm_max_batch_size") >= 4
+    assert model_metric(default_stack[0], MODEL, "chatllm_max_batch_size") >= 4
 
 
 def test_client_disconnect_frees_the_slot(default_stack: tuple[TritonProcess, str]) -> None:
     triton, gateway = default_stack
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
             "max_tokens": 4000, "temperature": 0, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{gateway}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
-        assert any('"content"' in line for line in seen)
-        # the gauge is published every few tens of ms: wait for it, do not read it once
-        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
     # 4000 tokens would take minutes; after the disconnect the sequence must leave the batch.
-    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
-               "the cancelled generation to leave the batch", timeout_s=20)
+    disconnect_mid_stream(triton, gateway, "/v1/chat/completions", body, "the cancelled generation to leave the batch",
+                          timeout_s=20)
     health = httpx.get(f"{gateway}/health", timeout=10)
     assert health.status_code == 200
 

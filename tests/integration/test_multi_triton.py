@@ -15,11 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +31,6 @@ from tests.unit.test_docker_files import TRITON_SERIES
 
 pytestmark = pytest.mark.integration
 
-ECHO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "echo"
 DROP_DEADLINE_S = 5.0
 """"Dropped within a few seconds": from the kill to the endpoint's ready gauge reading 0."""
 READMIT_DEADLINE_S = 15.0
@@ -159,24 +156,12 @@ class SlowStream:
         assert not self.thread.is_alive(), "the stream hung"
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    shutil.copytree(ECHO_MODEL, tmp_path / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as servers:
-        yield servers
-
-
 def test_two_servers_spread_failover_and_readmission(
-    repository: Path, stack: contextlib.ExitStack
+    echo_repository: Path, servers: contextlib.ExitStack
 ) -> None:
-    a = stack.enter_context(launch_triton(repository))
-    b = stack.enter_context(launch_triton(repository))
-    gateway = stack.enter_context(
+    a = servers.enter_context(launch_triton(echo_repository))
+    b = servers.enter_context(launch_triton(echo_repository))
+    gateway = servers.enter_context(
         launch_gateway(
             [a.grpc_url, b.grpc_url],
             extra_args=[
@@ -187,7 +172,7 @@ def test_two_servers_spread_failover_and_readmission(
         )
     )
     http = httpx.Client(base_url=gateway, timeout=30)
-    stack.callback(http.close)
+    servers.callback(http.close)
     wait_until(
         lambda: endpoint_ready(gateway, a) == 1 and endpoint_ready(gateway, b) == 1,
         "both endpoints ready", 10,
@@ -211,7 +196,7 @@ def test_two_servers_spread_failover_and_readmission(
         wait_until(lambda: stream.contents() >= 2, "the slow stream's first words", 10)
     load = SteadyLoad(gateway)
     load.start()
-    stack.callback(load.stop)  # also when an assertion fails first (stop is idempotent)
+    servers.callback(load.stop)  # also when an assertion fails first (stop is idempotent)
     wait_until(lambda: load.sent_count() >= LOAD_THREADS, "the steady load to start", 10)
 
     # 3. Kill A while both streams are mid-way.
@@ -232,8 +217,8 @@ def test_two_servers_spread_failover_and_readmission(
     wait_until(lambda: load.count() >= count_at_drop + 10, "load served by B alone", 10)
 
     # 4. Restart A where it was; the gateway takes it back.
-    a2 = stack.enter_context(
-        launch_triton(repository, ports=(a.http_port, a.grpc_port, a.metrics_port))
+    a2 = servers.enter_context(
+        launch_triton(echo_repository, ports=(a.http_port, a.grpc_port, a.metrics_port))
     )
     restarted_at = time.monotonic()  # launch_triton returns once A is ready
     readmit_s = wait_until(

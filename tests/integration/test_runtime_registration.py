@@ -9,7 +9,6 @@ and every request sent after that succeeds (on A).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +20,8 @@ import pytest
 
 from tests.integration.metrics import metric, sample
 from tests.integration.polling import wait_until
-from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.servers import TritonProcess, copy_echo, launch_gateway, launch_triton
 from tests.integration.test_multi_triton import (
-    ECHO_MODEL,
     SteadyLoad,
     endpoint_ready,
     kill_server,
@@ -35,15 +33,9 @@ pytestmark = pytest.mark.integration
 HEARTBEAT_S = 1.5
 
 
-def copy_echo_repository(root: Path) -> Path:
-    repository = root / "repo"
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return repository
-
-
 def test_server_registers_serves_and_leaves(tmp_path: Path, echo_triton: TritonProcess) -> None:
     with launch_gateway([echo_triton.grpc_url]) as gateway, \
-            launch_triton(copy_echo_repository(tmp_path)) as second:
+            launch_triton(copy_echo(tmp_path / "repo")) as second:
         sidecar = subprocess.Popen(
             [sys.executable, "-m", "tritonchat.cli", "register", "--gateway", gateway,
              "--address", second.grpc_url, "--interval", str(HEARTBEAT_S)],
@@ -101,7 +93,7 @@ def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
     with launch_gateway([echo_triton.grpc_url]) as gateway:
         serve = subprocess.Popen(
             [sys.executable, "-m", "tritonchat.cli", "serve", "--model-repository",
-             str(copy_echo_repository(tmp_path)), "--http-port", str(http), "--grpc-port", str(grpc),
+             str(copy_echo(tmp_path / "repo")), "--http-port", str(http), "--grpc-port", str(grpc),
              "--metrics-port", str(metrics), "--register-with", gateway, "--heartbeat-interval", "30"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
