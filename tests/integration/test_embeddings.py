@@ -69,7 +69,7 @@ def reference_vectors(texts: list[str]) -> np.ndarray:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             mean = (hidden * mask).sum(1) / mask.sum(1)
             vectors.append(torch.nn.functional.normalize(mean, p=2, dim=1)[0].numpy())
-    return np.default_stack(vectors)
+    return np.stack(vectors)
 
 
 def test_vectors_match_sentence_transformers_mean_pooling(client: openai.OpenAI) -> None:
