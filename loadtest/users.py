@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 import requests
@@ -63,6 +64,11 @@ from chatllm_wire import WireSampling  # noqa: E402
 from gateway.llm_client import GenerationInput  # noqa: E402
 from gateway.triton_client import build_request, decode_response  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
+if monkey.is_module_patched("socket"):
+    # gevent's loop caches the time, and the imports above can take seconds on a busy machine:
+    # a timer set from that stale clock (Locust's --run-time) would fire at once.
+    gevent.get_hub().loop.update_now()
 
 logger = logging.getLogger(__name__)
 
