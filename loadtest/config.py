@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.layouts import Layout, default_layouts
-from loadtest.prompts import DEFAULT_ANSWER_TOKENS, parse_answer_tokens
+from loadtest.workload import WorkloadOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 VIAS = ("gateway", "grpc")
@@ -36,12 +36,7 @@ class ExperimentConfig:
     """Before each point, wait until other work keeps fewer cores than this busy..."""
     quiet_wait_s: float = 120.0
     """...for at most this long (0: do not wait)."""
-    prompt_seed: int = 0
-    prompt_count: int = 64
-    answer_tokens: tuple[int, ...] = DEFAULT_ANSWER_TOKENS
-    natural_stop: bool = False
-    workload: str = "mixed"
-    """mixed (loadtest.prompts) or documents (loadtest.documents: long, uneven prompts)."""
+    workload: WorkloadOptions = WorkloadOptions()
     output: Path = field(default_factory=lambda: Path("runs") / f"experiment-{dt.datetime.now():%Y%m%d-%H%M%S}")
     docs: Path | None = None
     command: str = ""
@@ -74,7 +69,8 @@ def gpu_count() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="Triton model name (a folder of the repository)")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="Triton model name (a folder of the repository)")
     parser.add_argument("--layout", action="append", default=None, metavar="SPEC",
                         help="instance layout, repeatable: cpu:COUNTxTHREADS, gpu:COUNT@GPUS "
                              "(gpu:2@0, gpu:1@0,1, gpu:1@0+1); default: what fits this machine")
@@ -89,14 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="before each point wait until other processes use fewer CPU cores than this")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="seconds to wait at most for that (0: never wait)")
-    parser.add_argument("--prompt-seed", type=int, default=0)
-    parser.add_argument("--prompt-count", type=int, default=64)
-    parser.add_argument("--answer-tokens", default=",".join(map(str, DEFAULT_ANSWER_TOKENS)),
-                        help="answer budgets (max_tokens), comma-separated")
-    parser.add_argument("--natural-stop", action="store_true", help="let answers end at EOS")
-    parser.add_argument("--workload", choices=("mixed", "documents"), default="mixed",
-                        help="mixed: seeded chat turns; documents: long document + question prompts "
-                             "(use with --natural-stop and --prompt-count 48)")
+    WorkloadOptions.add_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="run directory (default runs/experiment-<time>)")
     parser.add_argument("--docs", type=Path, default=None,
                         help="also write the report here (e.g. docs/scaling.md; plots go to docs/scaling/)")
@@ -110,8 +99,5 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> ExperimentC
         model_repository=Path(args.model_repository).resolve(), model=args.model, layouts=layouts,
         users=tuple(args.users), via=tuple(dict.fromkeys(args.via)), warmup_s=args.warmup,
         duration_s=args.duration, drain_timeout_s=args.drain_timeout, quiet_cores=args.quiet_cores,
-        quiet_wait_s=args.quiet_wait, prompt_seed=args.prompt_seed,
-        prompt_count=args.prompt_count, answer_tokens=parse_answer_tokens(args.answer_tokens),
-        natural_stop=args.natural_stop, workload=args.workload, docs=args.docs, command=command, **extra)
-
-
+        quiet_wait_s=args.quiet_wait, workload=WorkloadOptions.from_args(args), docs=args.docs, command=command,
+        **extra)

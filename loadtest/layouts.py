@@ -13,14 +13,15 @@ FastChat scales by starting model workers; Triton says the same with `instance_g
 (Triton starts `count` instances on each listed GPU; `num_gpus` makes the chatllm engine
 split one instance over that many consecutive GPUs starting at its own.)
 
-`write_repository_variant` copies one model into a fresh repository and rewrites its
-config.pbtxt with Triton's own protobuf schema (no text substitution).
+`write_model_variant` copies one model into a fresh repository and rewrites its config.pbtxt
+(a layout, parameter values) with Triton's own protobuf schema (no text substitution).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,11 +144,26 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def write_repository_variant(model_dir: Path, layout: Layout, repository: Path) -> Path:
-    """Copy `model_dir` into `repository` and give its config.pbtxt `layout`; returns the copy."""
+def model_parameters(config_pbtxt: Path) -> dict[str, str]:
+    """The `parameters` of a config.pbtxt, parsed with Triton's own protobuf schema."""
+    return {key: value.string_value for key, value in read_config(config_pbtxt).parameters.items()}
+
+
+def write_model_variant(model_dir: Path, repository: Path, layout: Layout | None = None,
+                        parameters: Mapping[str, str] | None = None) -> Path:
+    """Copy `model_dir` into `repository`, giving its config.pbtxt `layout` (when given) and
+    these `parameters` values; returns the copy."""
+    config = read_config(model_dir / "config.pbtxt")
+    changes = []
+    if layout is not None:
+        config = layout.apply(config)
+        changes.append(f"layout {layout.name} ({layout.describe()})")
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+        changes.append(f"{key}={value}")
     target = repository / model_dir.name
     shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("__pycache__"))
-    config = layout.apply(read_config(model_dir / "config.pbtxt"))
-    header = f"# {model_dir.name} with layout {layout.name} ({layout.describe()}), written by loadtest\n"
+    header = f"# {model_dir.name}" + (f" with {', '.join(changes)}" if changes else "") + ", written by loadtest\n"
     (target / "config.pbtxt").write_text(header + text_format.MessageToString(config))
     return target
+

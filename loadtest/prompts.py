@@ -146,13 +146,3 @@ class PromptSampler:
             self._rng.shuffle(self._order)
         return self._prompts[self._order.pop()]
 
-
-def parse_answer_tokens(text: str) -> tuple[int, ...]:
-    """`"16,32,64"` -> (16, 32, 64)."""
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ValueError(f"answer tokens must be comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"answer tokens must be positive integers, got {text!r}")
-    return values

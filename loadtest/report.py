@@ -121,7 +121,8 @@ def headline(points: list[dict[str, Any]]) -> list[str]:
         if len(ranked) > 1:
             runner_up = ranked[1]
             text += (f", {_pct(float(throughput(best) or 0), float(throughput(runner_up) or 0))} over "
-                     f"`{runner_up['layout']['name']}` ({_fmt(throughput(runner_up))} tok/s{_via_note(runner_up, True)})")
+                     f"`{runner_up['layout']['name']}` "
+                     f"({_fmt(throughput(runner_up))} tok/s{_via_note(runner_up, True)})")
             b_ttft, r_ttft = best["client"].get("ttft_p50_ms"), runner_up["client"].get("ttft_p50_ms")
             if b_ttft is not None and r_ttft is not None:
                 text += f"; TTFT p50 {_fmt(b_ttft / 1000, 2)} s vs {_fmt(r_ttft / 1000, 2)} s"
@@ -166,8 +167,8 @@ def contention(points: list[dict[str, Any]]) -> list[str]:
                     f"{p['host']['others_cores']:.2f} cores; {_fmt(throughput(p), 1)} tok/s at "
                     f"{_fmt(steps, 1)} decode steps/s")
             if twins and steps is not None and twin_steps:
-                text += (f", against {_fmt(throughput(twins[0]), 1)} tok/s at {_fmt(twin_steps, 1)} steps/s undisturbed "
-                         f"({twins[0]['via']}): {_pct(steps, twin_steps)} steps/s")
+                text += (f", against {_fmt(throughput(twins[0]), 1)} tok/s at {_fmt(twin_steps, 1)} steps/s "
+                         f"undisturbed ({twins[0]['via']}): {_pct(steps, twin_steps)} steps/s")
             lines.append(text + ".")
     return lines
 

@@ -35,12 +35,10 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from argparse import Namespace
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +50,11 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSVFileWriter, stats_histor
 
 from loadtest.config import ExperimentConfig, add_arguments, config_from_args, gpu_count
 from loadtest.hostload import CpuSnapshot, cpu_window, descendants, reap, wait_for_quiet
-from loadtest.layouts import Layout, LayoutError, write_repository_variant
-from loadtest.documents import build_document_prompts
-from loadtest.prompts import build_prompt_set
+from loadtest.layouts import Layout, LayoutError, write_model_variant
 from loadtest.report import write_report
 from loadtest.scrape import Scrape, fetch, gateway_window, gauge_means, triton_window
 from loadtest.timing import RequestRecord, StreamMeasurement, summarise
-from loadtest.users import CHAT_ROUTE, ChatUser, TritonGrpcUser, reset_prompt_streams
+from loadtest.users import CHAT_ROUTE, ChatUser, LoadOptions, TritonGrpcUser, reset_prompt_streams
 from tritonchat.launch import NotReadyError, TritonProcess, launch_gateway, launch_triton
 
 logger = logging.getLogger(__name__)
@@ -83,18 +79,6 @@ def machine_info() -> dict[str, Any]:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {"cpu_model": cpu_model, "cpu_cores": os.cpu_count(), "memory_gib": memory_gib, "gpus": gpu_count(),
             "load_average": load, "python": sys.version.split()[0]}
-
-
-def _workload(config: ExperimentConfig) -> dict[str, Any]:
-    prompts = (build_document_prompts(config.prompt_seed, config.prompt_count) if config.workload == "documents"
-               else build_prompt_set(config.prompt_seed, config.prompt_count, config.answer_tokens))
-    words = [p.words for p in prompts]
-    return {"prompt_seed": config.prompt_seed, "prompt_count": config.prompt_count,
-            "answer_tokens": list(config.answer_tokens), "natural_stop": config.natural_stop,
-            "workload": config.workload,
-            "prompt_words_min": min(words), "prompt_words_max": max(words),
-            "prompt_words_mean": sum(words) / len(words),
-            "answer_tokens_mean": sum(p.max_tokens for p in prompts) / len(prompts)}
 
 
 class _Collector:
@@ -128,11 +112,10 @@ def run_point(config: ExperimentConfig, layout: Layout, via: str, users: int, tr
     if (quiet["quiet_wait_s"] or 0.0) > 5.0:
         logger.info("waited %.0f s for other work to calm down (now %s cores)", quiet["quiet_wait_s"],
                     quiet["others_cores_before"])
-    options = Namespace(model=config.model, triton_grpc=triton.grpc_url, triton_model=config.model,
-                        prompt_seed=config.prompt_seed, prompt_count=config.prompt_count,
-                        answer_tokens=",".join(map(str, config.answer_tokens)), natural_stop=config.natural_stop,
-                        workload=config.workload, request_timeout=config.warmup_s + config.duration_s + config.drain_timeout_s + 10.0)
-    env = Environment(user_classes=[USER_CLASSES[via]], host=gateway_url, parsed_options=options,
+    options = LoadOptions(model=config.model, triton_grpc=triton.grpc_url, triton_model=config.model,
+                          request_timeout_s=config.warmup_s + config.duration_s + config.drain_timeout_s + 10.0,
+                          workload=config.workload)
+    env = Environment(user_classes=[USER_CLASSES[via]], host=gateway_url, parsed_options=options.as_parsed_options(),
                       stop_timeout=config.drain_timeout_s)
     runner = env.create_local_runner()
     collector = _Collector()
@@ -233,7 +216,7 @@ def run_layout(config: ExperimentConfig, layout: Layout, run_dir: Path) -> dict[
     result: dict[str, Any] = {"layout": layout.name, "points": []}
     spawned: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="tritonchat-experiment-") as tmp:
-        write_repository_variant(config.model_repository / config.model, layout, Path(tmp))
+        write_model_variant(config.model_repository / config.model, Path(tmp), layout)
         try:
             with launch_triton(Path(tmp)) as triton, launch_gateway([triton.grpc_url]) as gateway_url:
                 result["startup_s"] = round(time.perf_counter() - started, 1)
@@ -282,7 +265,7 @@ def run(config: ExperimentConfig) -> Path:
                  "users": list(config.users), "via": list(config.via), "warmup_s": config.warmup_s,
                  "duration_s": config.duration_s, "drain_timeout_s": config.drain_timeout_s,
                  "quiet_cores": config.quiet_cores, "quiet_wait_s": config.quiet_wait_s},
-        "workload": _workload(config),
+        "workload": config.workload.describe(),
         "layouts": [],
     }
     for layout in config.layouts:

@@ -14,19 +14,15 @@ from typing import Any
 
 from locust import LoadTestShape, events
 
+from loadtest.workload import parse_positive_ints
+
 DEFAULT_STEPS = (1, 4, 16, 64)
 DEFAULT_STEP_SECONDS = 30.0
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
     """`"1,4,16"` -> (1, 4, 16); every step must be a positive user count."""
-    try:
-        steps = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ValueError(f"--step-users must be comma-separated integers, got {text!r}") from exc
-    if not steps or any(s < 1 for s in steps):
-        raise ValueError(f"--step-users must list positive user counts, got {text!r}")
-    return steps
+    return parse_positive_ints(text, "--step-users")
 
 
 def step_at(run_time: float, steps: tuple[int, ...], step_seconds: float) -> int | None:

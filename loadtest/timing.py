@@ -59,6 +59,11 @@ class StreamMeasurement:
             return None
         return self.output_tokens / self.latency_s
 
+    @property
+    def token_gaps_s(self) -> list[float]:
+        """Each gap between two consecutive responses that carried text."""
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+
     def tokens_between(self, t0: float, t1: float) -> float:
         """Output tokens that arrived in [t0, t1) (responses' tokens spread evenly over them)."""
         if not self.token_times or self.output_tokens <= 0:
@@ -71,24 +76,42 @@ class StreamError(Exception):
     """The server reported an error inside a stream that had started."""
 
 
+class SseDecoder:
+    """Server-sent events, one line at a time: `feed` returns an event's `data:` payload when
+    the blank line that ends the event arrives (comments and other fields skipped)."""
+
+    def __init__(self) -> None:
+        self._buffer: list[str] = []
+
+    def feed(self, raw: bytes | str) -> str | None:
+        line = (raw.decode("utf-8") if isinstance(raw, bytes) else raw).rstrip("\r\n")
+        if not line:
+            return self.flush()
+        if not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                self._buffer.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def flush(self) -> str | None:
+        """The payload of an event the stream ended without a blank line after (else None)."""
+        if not self._buffer:
+            return None
+        payload = "\n".join(self._buffer)
+        self._buffer = []
+        return payload
+
+
 def sse_data(lines: Iterable[bytes | str]) -> Iterator[str]:
     """The `data:` payloads of a server-sent event stream, one per event (comments skipped)."""
-    buffer: list[str] = []
+    decoder = SseDecoder()
     for raw in lines:
-        line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        line = line.rstrip("\r\n")
-        if not line:
-            if buffer:
-                yield "\n".join(buffer)
-                buffer = []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            buffer.append(value[1:] if value.startswith(" ") else value)
-    if buffer:
-        yield "\n".join(buffer)
+        payload = decoder.feed(raw)
+        if payload is not None:
+            yield payload
+    payload = decoder.flush()
+    if payload is not None:
+        yield payload
 
 
 def record_chat_event(measurement: StreamMeasurement, payload: str, now: float) -> bool:

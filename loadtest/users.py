@@ -38,10 +38,12 @@ import logging
 import threading
 import time
 import uuid
+from argparse import Namespace
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 import requests
@@ -50,9 +52,9 @@ from locust import User, constant, task
 from locust.env import Environment
 from locust.stats import RequestStats
 
-from loadtest.documents import build_document_prompts
-from loadtest.prompts import DEFAULT_ANSWER_TOKENS, ChatPrompt, PromptSampler, build_prompt_set, parse_answer_tokens
+from loadtest.prompts import PromptSampler
 from loadtest.timing import StreamError, StreamMeasurement, record_chat_event, sse_data
+from loadtest.workload import WorkloadOptions
 
 if monkey.is_module_patched("socket"):  # under Locust; not in tests that skip its monkey-patching
     grpc_gevent.init_gevent()  # gRPC must cooperate with the gevent loop before any channel exists
@@ -62,6 +64,11 @@ from chatllm_wire import WireSampling  # noqa: E402
 from gateway.llm_client import GenerationInput  # noqa: E402
 from gateway.triton_client import build_request, decode_response  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
+if monkey.is_module_patched("socket"):
+    # gevent's loop caches the time, and the imports above can take seconds on a busy machine:
+    # a timer set from that stale clock (Locust's --run-time) would fire at once.
+    gevent.get_hub().loop.update_now()
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +89,8 @@ class LoadOptions:
     model: str = ""
     triton_grpc: str = ""
     triton_model: str = ""
-    prompt_seed: int = 0
-    prompt_count: int = 64
-    answer_tokens: tuple[int, ...] = DEFAULT_ANSWER_TOKENS
-    natural_stop: bool = False
-    workload: str = "mixed"
-    """mixed: `loadtest.prompts` (seeded chat turns); documents: `loadtest.documents` (long,
-    uneven document + question prompts, up to 128 tokens each; pair with --natural-stop)."""
     request_timeout_s: float = 300.0
+    workload: WorkloadOptions = WorkloadOptions()
 
     @classmethod
     def from_environment(cls, environment: Environment) -> LoadOptions:
@@ -101,13 +102,14 @@ class LoadOptions:
             value = getattr(options, name, None)
             return default if value in (None, "") else value
 
-        answer = get("answer_tokens", DEFAULT_ANSWER_TOKENS)
         return cls(model=get("model", ""), triton_grpc=get("triton_grpc", ""),
-                   triton_model=get("triton_model", ""), prompt_seed=int(get("prompt_seed", 0)),
-                   prompt_count=int(get("prompt_count", 64)),
-                   answer_tokens=parse_answer_tokens(answer) if isinstance(answer, str) else tuple(answer),
-                   natural_stop=bool(get("natural_stop", False)), workload=str(get("workload", "mixed")),
-                   request_timeout_s=float(get("request_timeout", 300.0)))
+                   triton_model=get("triton_model", ""), request_timeout_s=float(get("request_timeout", 300.0)),
+                   workload=WorkloadOptions.from_args(options))
+
+    def as_parsed_options(self) -> Namespace:
+        """What `from_environment` reads back: Locust's `parsed_options` for a runner driven as a library."""
+        return Namespace(model=self.model, triton_grpc=self.triton_grpc, triton_model=self.triton_model,
+                         request_timeout=self.request_timeout_s, **self.workload.as_flags())
 
 
 def add_arguments(parser: Any) -> None:
@@ -116,29 +118,12 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--model", default="",
                        help="served model name (default: the gateway's first model that answers chat)")
     group.add_argument("--triton-grpc", default="",
-                       help=f"Triton gRPC host:port for TritonGrpcUser (default: --host's host, port {DEFAULT_GRPC_PORT})")
+                       help="Triton gRPC host:port for TritonGrpcUser "
+                            f"(default: --host's host, port {DEFAULT_GRPC_PORT})")
     group.add_argument("--triton-model", default="",
                        help="Triton model for TritonGrpcUser (default: the one behind --model)")
-    group.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt set and of each user's order")
-    group.add_argument("--prompt-count", type=int, default=64, help="prompts in the set")
-    group.add_argument("--answer-tokens", default=",".join(map(str, DEFAULT_ANSWER_TOKENS)),
-                       help="answer budgets (max_tokens) drawn per prompt, comma-separated")
-    group.add_argument("--natural-stop", action="store_true",
-                       help="let answers end at EOS (default: exactly max_tokens, ignore_eos)")
-    group.add_argument("--workload", choices=WORKLOADS, default="mixed",
-                       help="mixed: seeded chat turns; documents: long document + question prompts")
+    WorkloadOptions.add_arguments(group)
     group.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
-
-
-WORKLOADS = ("mixed", "documents")
-
-
-@functools.lru_cache(maxsize=8)
-def _prompt_set(seed: int, count: int, answer_tokens: tuple[int, ...],
-                workload: str = "mixed") -> tuple[ChatPrompt, ...]:
-    if workload == "documents":
-        return build_document_prompts(seed, count)
-    return build_prompt_set(seed, count, answer_tokens)
 
 
 _discovery_lock = threading.Lock()  # one discovery at a time: the users start together
@@ -152,9 +137,6 @@ def default_chat_model(host: str) -> tuple[str, str]:
     """
     with _discovery_lock:
         return _discover_chat_model(host)
-
-
-WORKLOADS = ("mixed", "documents")
 
 
 @functools.lru_cache(maxsize=8)
@@ -229,9 +211,8 @@ class _StreamingUser(User):
 
     def on_start(self) -> None:
         self.options = LoadOptions.from_environment(self.environment)
-        prompts = _prompt_set(self.options.prompt_seed, self.options.prompt_count, self.options.answer_tokens,
-                              self.options.workload)
-        self.sampler = PromptSampler(prompts, self.options.prompt_seed, next(_StreamingUser._numbers))
+        self.sampler = PromptSampler(self.options.workload.prompts(), self.options.workload.prompt_seed,
+                                     next(_StreamingUser._numbers))
 
 
 class ChatUser(_StreamingUser):
@@ -251,7 +232,7 @@ class ChatUser(_StreamingUser):
         prompt = self.sampler.next()
         body: dict[str, Any] = {"model": self.model, "messages": list(prompt.messages), "max_tokens": prompt.max_tokens,
                 "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
-                "ignore_eos": not self.options.natural_stop}
+                "ignore_eos": not self.options.workload.natural_stop}
         measurement = StreamMeasurement(start=time.perf_counter())
         error: Exception | None = None
         try:
@@ -315,7 +296,7 @@ class TritonGrpcUser(_StreamingUser):
         request = build_request(GenerationInput(
             model=self.triton_model, messages=prompt.messages, request_id=f"locust-{uuid.uuid4().hex[:12]}",
             sampling=WireSampling(max_tokens=prompt.max_tokens, temperature=0.0,
-                                  ignore_eos=not self.options.natural_stop)), batched=self.batched)
+                                  ignore_eos=not self.options.workload.natural_stop)), batched=self.batched)
         measurement = StreamMeasurement(start=time.perf_counter())
         error: Exception | None = None
         call = self.stub.ModelStreamInfer(iter([request]), timeout=self.options.request_timeout_s)

@@ -110,7 +110,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from loadtest.bench import main as bench_main
 
     return bench_main(args)
 
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
     serve.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port")
     serve.add_argument("--api-key", action="append", help="require this bearer key (repeatable)")
-    serve.add_argument("--triton-arg", action="append", help="extra tritonserver flag, e.g. --triton-arg=--log-verbose=1")
+    serve.add_argument("--triton-arg", action="append",
+                       help="extra tritonserver flag, e.g. --triton-arg=--log-verbose=1")
     serve.add_argument("--ready-timeout", type=float, default=300.0)
     serve.add_argument("--grace-period", type=float, default=30.0,
                        help="seconds running requests get to finish when stopping (SIGTERM/Ctrl-C)")
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Example: tritonchat import-fastchat -- CUDA_VISIBLE_DEVICES=0 python -m "
                     "fastchat.serve.model_worker --model-path lmsys/vicuna-7b-v1.5")
     imp.add_argument("--model-repository", default="model_repository", help="where the folder is written")
-    imp.add_argument("--name", default=None, help="model name (default: first --model-names, else the path's last part)")
+    imp.add_argument("--name", default=None,
+                     help="model name (default: first --model-names, else the path's last part)")
     imp.add_argument("--force", action="store_true", help="replace an existing config.pbtxt")
     imp.add_argument("--print", action="store_true", help="print config.pbtxt instead of writing it")
     imp.add_argument("worker_command", nargs=argparse.REMAINDER,
@@ -184,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=_cmd_import_fastchat)
 
     bench = sub.add_parser("bench", help="measure the engine against the static-batch ceiling")
-    from .bench import add_arguments
+    from loadtest.bench import add_arguments as add_bench_arguments
 
-    add_arguments(bench)
+    add_bench_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
 
     experiment = sub.add_parser(

@@ -228,7 +228,8 @@ def _place(result: ImportResult, env: dict[str, str], values: dict[str, str | No
             result.not_mapped.append(("--gpus", "the model runs on the CPU"))
         return
     visible = values.get("--gpus") or env.get("CUDA_VISIBLE_DEVICES") or "0"
-    source = "--gpus" if values.get("--gpus") else "CUDA_VISIBLE_DEVICES" if "CUDA_VISIBLE_DEVICES" in env else "default"
+    source = ("--gpus" if values.get("--gpus") else
+              "CUDA_VISIBLE_DEVICES" if "CUDA_VISIBLE_DEVICES" in env else "default")
     try:
         devices = [int(d) for d in visible.split(",") if d.strip()]
     except ValueError as exc:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ TRITON_READY_TIMEOUT_S = 240.0
 GATEWAY_READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 """SIGTERM to SIGKILL: a server's drain grace period must end before this."""
+TRITON_EXIT_TIMEOUT_S = 10.0
+"""How long a launched tritonserver drains on SIGTERM (`--exit-timeout-secs`)."""
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -83,9 +85,6 @@ class TritonProcess:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 class NotReadyError(RuntimeError):
@@ -138,6 +137,20 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def triton_args(model_repository: Path, host: str, ports: tuple[int, int, int], exit_timeout_s: float,
+                extra_args: Sequence[str] = ()) -> list[str]:
+    """tritonserver's flags: the repository, its (HTTP, gRPC, metrics) `ports` on `host`, and how
+    long it drains on SIGTERM; `extra_args` follow (an `--exit-timeout-secs` among them wins)."""
+    http, grpc, metrics = ports
+    exit_timeout = [] if any(a.startswith("--exit-timeout-secs") for a in extra_args) else [
+        f"--exit-timeout-secs={max(1, round(exit_timeout_s))}"]
+    return [f"--model-repository={model_repository}",
+            f"--http-address={host}", f"--http-port={http}",
+            f"--grpc-address={host}", f"--grpc-port={grpc}",
+            f"--metrics-address={host}", f"--metrics-port={metrics}",
+            *exit_timeout, *extra_args]
+
+
 def gateway_argv(host: str, port: int, triton_urls: list[str], api_keys: list[str] | None = None,
                  extra_args: list[str] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "gateway", "--host", host, "--port", str(port)]
@@ -160,9 +173,7 @@ def launch_triton(model_repository: Path, extra_args: list[str] | None = None,
     """
     runtime = resolve_runtime(python_env)
     http, grpc, metrics = ports if ports is not None else (free_port(), free_port(), free_port())
-    args = [f"--model-repository={model_repository}", f"--http-port={http}", f"--grpc-port={grpc}",
-            f"--metrics-port={metrics}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
-            "--metrics-address=127.0.0.1", "--exit-timeout-secs=10", *(extra_args or [])]
+    args = triton_args(model_repository, "127.0.0.1", (http, grpc, metrics), TRITON_EXIT_TIMEOUT_S, extra_args or ())
     log = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
     with log.open("wb") as sink:
         process = spawn(runtime.command(args), env=runtime.env, stdout=sink, stderr=subprocess.STDOUT)

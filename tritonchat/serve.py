@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .heartbeat import Heartbeat
-from .launch import NotReadyError, gateway_argv, spawn, terminate, wait_until_ready
+from .launch import NotReadyError, gateway_argv, spawn, terminate, triton_args, wait_until_ready
 from .runtime import resolve_runtime
 
 STOP_MARGIN_S = 15.0
@@ -50,15 +50,8 @@ class ServeOptions:
     python_env: Path | None = None  # the models' virtualenv (e.g. .venv-vllm); default: this one
 
     def triton_argv(self) -> list[str]:
-        exit_timeout = [] if any(a.startswith("--exit-timeout-secs") for a in self.triton_args) else [
-            f"--exit-timeout-secs={max(1, round(self.grace_period_s))}"]
-        return [
-            f"--model-repository={self.model_repository}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-            *exit_timeout, *self.triton_args,
-        ]
+        return triton_args(self.model_repository, self.host, (self.http_port, self.grpc_port, self.metrics_port),
+                           self.grace_period_s, self.triton_args)
 
     def triton_address(self) -> str:
         return self.advertise_address or f"{self.host}:{self.grpc_port}"

@@ -17,7 +17,7 @@ def load_default_model(**overrides: Any) -> tuple[Any, Any]:
 
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.loader import load_model
-    from tritonchat.bench import model_parameters
+    from loadtest.layouts import model_parameters
 
     params = model_parameters(ROOT / "model_repository" / MODEL / "config.pbtxt")
     return load_model(dataclasses.replace(EngineConfig.from_parameters(params), **overrides))
@@ -25,7 +25,7 @@ def load_default_model(**overrides: Any) -> tuple[Any, Any]:
 
 def chat_prompts(tokenizer: Any, count: int) -> list[list[int]]:
     """The benchmark's chat prompts as token ids."""
-    from tritonchat.bench import chat_messages
+    from loadtest.bench import chat_messages
 
     return [tokenizer(tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
                       add_special_tokens=False).input_ids for m in chat_messages(count)]

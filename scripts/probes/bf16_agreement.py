@@ -20,7 +20,8 @@ from chatllm_engine.config import EngineConfig
 from chatllm_engine.engine import LLMEngine
 from chatllm_engine.loader import load_model
 from chatllm_engine.types import GenerationRequest, SamplingParams
-from tritonchat.bench import model_parameters, workload_jobs
+from loadtest.bench import workload_jobs
+from loadtest.layouts import model_parameters
 
 
 def generate(config: EngineConfig, jobs: list[tuple[list[dict[str, str]], int, bool]]) -> list[list[int]]:

@@ -19,7 +19,7 @@ from chatllm_engine import engine as E
 from chatllm_engine.config import EngineConfig
 from chatllm_engine.types import GenerationRequest, SamplingParams
 from loadtest.prompts import build_prompt_set
-from tritonchat.bench import model_parameters
+from loadtest.layouts import model_parameters
 
 USERS = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0

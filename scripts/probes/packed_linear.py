@@ -70,7 +70,7 @@ for round_ in range(3):
         f"{k} {a[k]:.0f} -> {b[k]:.0f} ms ({a[k] / b[k]:.2f}x)" for k in a), flush=True)
 print("same greedy tokens:", greedy_tokens(plain) == greedy_tokens(packed))
 
-from tritonchat.bench import run_ceiling  # noqa: E402 - after the model is loaded
+from loadtest.bench import run_ceiling  # noqa: E402 - after the model is loaded
 
 run_ceiling(plain, tokenizer, 2, 4), run_ceiling(packed, tokenizer, 2, 4)  # warm-up
 for round_ in range(2):

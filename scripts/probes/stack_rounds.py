@@ -23,7 +23,7 @@ import httpx
 
 from _common import MODEL, ROOT
 
-from tritonchat import bench
+from loadtest import bench
 from tritonchat.launch import launch_gateway, launch_triton
 
 KEYS = ("chatllm_time_to_first_token_seconds_sum", "chatllm_time_to_first_token_seconds_count",
@@ -64,10 +64,10 @@ def main() -> None:
         with launch_triton(repo, ["--log-verbose=1"] if args.verbose else None) as triton, \
                 launch_gateway([triton.grpc_url]) as gateway:
             print("tritonserver log:", triton.log_path)
-            asyncio.run(bench._run_clients(gateway, MODEL, 2, 4, bench.WARMUP_MESSAGES))  # as the benchmark does
+            asyncio.run(bench.run_clients(gateway, MODEL, 2, 4, bench.WARMUP_MESSAGES))  # as the benchmark does
             for clients in args.clients:
                 before = scrape(triton.metrics_url)
-                result = asyncio.run(bench._run_clients(gateway, MODEL, clients, 64))
+                result = asyncio.run(bench.run_clients(gateway, MODEL, clients, 64))
                 after = scrape(triton.metrics_url)
                 d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in KEYS}
                 s = result.summary()

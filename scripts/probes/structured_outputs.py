@@ -181,7 +181,7 @@ def throughput(engine: Any, users: int, tokens: int) -> None:
     """Output tokens per second of `users` requests at once, unconstrained vs each request
     under a JSON schema (greedy; alternating runs, best of two each)."""
     from chatllm_wire import structured_output
-    from tritonchat.bench import chat_messages
+    from loadtest.bench import chat_messages
 
     from chatllm_engine.types import GenerationRequest, SamplingParams
 
@@ -225,7 +225,7 @@ def main() -> None:
 
     from chatllm_engine.config import EngineConfig
     from chatllm_engine.engine import LLMEngine
-    from tritonchat.bench import model_parameters
+    from loadtest.layouts import model_parameters
     from _common import ROOT, MODEL
 
     model, tokenizer = load_default_model()

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
-from .servers import TritonProcess, launch_gateway, launch_triton
+from .servers import TritonProcess, copy_echo, launch_gateway, launch_triton, openai_client
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
-TEST_REPOSITORY = ROOT / "tests" / "model_repository"
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +24,16 @@ def default_stack() -> Iterator[tuple[TritonProcess, str]]:
 
 
 @pytest.fixture(scope="session")
+def default_client(default_stack: tuple[TritonProcess, str]) -> openai.OpenAI:
+    """The official OpenAI client on `default_stack`'s gateway."""
+    return openai_client(default_stack[1])
+
+
+@pytest.fixture(scope="session")
 def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
     """tritonserver serving only the deterministic echo model (fast to start), shared by the
     modules that test the gateway and the load tests; tests compare metrics before and after."""
-    repository = tmp_path_factory.mktemp("echo_repository")
-    shutil.copytree(TEST_REPOSITORY / "echo", repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    with launch_triton(repository) as process:
+    with launch_triton(copy_echo(tmp_path_factory.mktemp("echo_repository"))) as process:
         yield process
 
 
@@ -38,6 +41,19 @@ def echo_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProc
 def echo_gateway(echo_triton: TritonProcess) -> Iterator[str]:
     with launch_gateway([echo_triton.grpc_url]) as base_url:
         yield base_url
+
+
+@pytest.fixture
+def echo_repository(tmp_path: Path) -> Path:
+    """A fresh model repository holding the echo model."""
+    return copy_echo(tmp_path)
+
+
+@pytest.fixture
+def servers() -> Iterator[contextlib.ExitStack]:
+    """Servers a test enters here are stopped when it ends, the last started first."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,11 +20,10 @@ import openai
 import pytest
 
 from tests.integration.polling import wait_until
-from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.servers import TritonProcess, copy_echo, launch_gateway, launch_triton
 
 pytestmark = pytest.mark.integration
 
-ECHO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "echo"
 API_KEY = "integration-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 DEADLINE_S = 15.0
@@ -60,10 +57,7 @@ def _tiny_queue_config(config: str) -> str:
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
-    repository = tmp_path_factory.mktemp("surface_repository")
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=ignore)
-    shutil.copytree(ECHO_MODEL, repository / "echo-q1", ignore=ignore)
+    repository = copy_echo(tmp_path_factory.mktemp("surface_repository"), "echo", "echo-q1")
     config = repository / "echo-q1" / "config.pbtxt"
     config.write_text(_tiny_queue_config(config.read_text()))
     with launch_triton(repository) as process:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from .polling import wait_until
+from .metrics import disconnect_mid_stream, model_metric
 from .servers import TritonProcess
 
 pytestmark = pytest.mark.integration
@@ -20,34 +20,16 @@ MODEL = "smollm2-135m-instruct"
 QUESTION = "What is the capital of France? Answer in one word."
 
 
-@pytest.fixture(scope="module")
-def stack(default_stack: tuple[TritonProcess, str]) -> tuple[TritonProcess, str]:
-    return default_stack
-
-
-@pytest.fixture(scope="module")
-def client(stack: tuple[TritonProcess, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack[1]}/v1", api_key="unused", max_retries=0)
-
-
-def metric(triton: TritonProcess, name: str) -> float:
-    """The value of one metric sample of the default model on Triton's metrics endpoint."""
-    text = httpx.get(triton.metrics_url, timeout=10).text
-    match = re.search(rf'^{name}{{[^}}]*model="{MODEL}"[^}}]*}} (\S+)$', text, re.MULTILINE)
-    assert match, f"{name} missing from {triton.metrics_url}"
-    return float(match.group(1))
-
-
-def test_greedy_answer_contains_paris(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
+def test_greedy_answer_contains_paris(default_client: openai.OpenAI) -> None:
+    reply = default_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32)
     assert "Paris" in (reply.choices[0].message.content or "")
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage is not None and reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
 
 
-def test_streaming_answer_contains_paris(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(
+def test_streaming_answer_contains_paris(default_client: openai.OpenAI) -> None:
+    chunks = list(default_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -56,25 +38,26 @@ def test_streaming_answer_contains_paris(client: openai.OpenAI) -> None:
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
 
 
-def test_alias_and_completions_endpoint(client: openai.OpenAI) -> None:
-    assert {m.id for m in client.models.list().data} >= {MODEL, "smollm2"}
-    reply = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=4,
-                                      temperature=0)
+def test_alias_and_completions_endpoint(default_client: openai.OpenAI) -> None:
+    assert {m.id for m in default_client.models.list().data} >= {MODEL, "smollm2"}
+    reply = default_client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=4,
+                                              temperature=0)
     assert reply.choices[0].finish_reason == "length"
     assert reply.usage is not None and reply.usage.completion_tokens == 4
 
 
-def test_metrics_count_successful_requests(stack: tuple[TritonProcess, str], client: openai.OpenAI) -> None:
-    triton = stack[0]
-    before = metric(triton, "nv_inference_request_success")
-    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-    assert metric(triton, "nv_inference_request_success") == before + 1
+def test_metrics_count_successful_requests(default_stack: tuple[TritonProcess, str],
+                                           default_client: openai.OpenAI) -> None:
+    triton = default_stack[0]
+    before = model_metric(triton, MODEL, "nv_inference_request_success")
+    default_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert model_metric(triton, MODEL, "nv_inference_request_success") == before + 1
 
 
-def test_eight_concurrent_streams_are_batched_together(stack: tuple[TritonProcess, str],
-                                                       client: openai.OpenAI) -> None:
+def test_eight_concurrent_streams_are_batched_together(default_stack: tuple[TritonProcess, str],
+                                                       default_client: openai.OpenAI) -> None:
     def ask(i: int) -> tuple[str, str | None]:
-        stream = client.chat.completions.create(
+        stream = default_client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"Count from 1 to {20 + i}."}], temperature=0,
             max_tokens=24, stream=True)
         chunks = list(stream)
@@ -85,45 +68,40 @@ def test_eight_concurrent_streams_are_batched_together(stack: tuple[TritonProces
         results = list(pool.map(ask, range(8)))
     assert all(text and reason in ("stop", "length") for text, reason in results)
     # The engine's largest running batch (a backend metric) held several sequences at once.
-    assert metric(stack[0], "chatllm_max_batch_size") >= 4
+    assert model_metric(default_stack[0], MODEL, "chatllm_max_batch_size") >= 4
 
 
-def test_client_disconnect_frees_the_slot(stack: tuple[TritonProcess, str]) -> None:
-    triton, gateway = stack
+def test_client_disconnect_frees_the_slot(default_stack: tuple[TritonProcess, str]) -> None:
+    triton, gateway = default_stack
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
             "max_tokens": 4000, "temperature": 0, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{gateway}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
-        assert any('"content"' in line for line in seen)
-        # the gauge is published every few tens of ms: wait for it, do not read it once
-        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
     # 4000 tokens would take minutes; after the disconnect the sequence must leave the batch.
-    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
-               "the cancelled generation to leave the batch", timeout_s=20)
+    disconnect_mid_stream(triton, gateway, "/v1/chat/completions", body, "the cancelled generation to leave the batch",
+                          timeout_s=20)
     health = httpx.get(f"{gateway}/health", timeout=10)
     assert health.status_code == 200
 
 
-def test_bad_sampling_value_is_a_400_and_the_server_stays_up(stack: tuple[TritonProcess, str],
-                                                              client: openai.OpenAI) -> None:
+def test_bad_sampling_value_is_a_400_and_the_server_stays_up(default_stack: tuple[TritonProcess, str],
+                                                             default_client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
-                                       max_tokens=100000)
+        default_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=100000)
     assert "maximum context length" in str(info.value)
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    reply = default_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=2)
     assert reply.choices[0].message.content
 
 
 # ---- the API surface on the real model (logprobs, token counting, context, FastChat) ------
 
 
-def test_logprobs_of_a_greedy_answer(client: openai.OpenAI) -> None:
+def test_logprobs_of_a_greedy_answer(default_client: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": QUESTION}]
-    reply = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6,
-                                           logprobs=True, top_logprobs=3)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6,
-                                                 logprobs=True, top_logprobs=3, stream=True))
+    reply = default_client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6,
+                                                   logprobs=True, top_logprobs=3)
+    chunks = list(default_client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6,
+                                                         logprobs=True, top_logprobs=3, stream=True))
 
     content = reply.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content and "".join(t.token for t in content) == reply.choices[0].message.content
@@ -139,12 +117,13 @@ def test_logprobs_of_a_greedy_answer(client: openai.OpenAI) -> None:
     assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in content], abs=1e-4)
 
 
-def test_seed_reproduces_a_sampled_answer_streamed_or_not(client: openai.OpenAI) -> None:
+def test_seed_reproduces_a_sampled_answer_streamed_or_not(default_client: openai.OpenAI) -> None:
     def ask(stream: bool, **sampling: object) -> str:
         kwargs: dict[str, object] = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, **sampling}
         if not stream:
-            return client.completions.create(**kwargs).choices[0].text  # type: ignore[call-overload, no-any-return]
-        chunks = client.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
+            reply = default_client.completions.create(**kwargs)  # type: ignore[call-overload]
+            return reply.choices[0].text  # type: ignore[no-any-return]
+        chunks = default_client.completions.create(stream=True, **kwargs)  # type: ignore[call-overload]
         return "".join(c.choices[0].text for c in chunks if c.choices)
 
     sampled = ask(False, temperature=1.0, top_p=0.95, seed=1234)
@@ -153,13 +132,14 @@ def test_seed_reproduces_a_sampled_answer_streamed_or_not(client: openai.OpenAI)
     assert ask(False, temperature=1.5, seed=7, extra_body={"top_k": 1}) == ask(True, temperature=0)
 
 
-def test_token_check_counts_like_the_prompt_usage(stack: tuple[TritonProcess, str], client: openai.OpenAI) -> None:
+def test_token_check_counts_like_the_prompt_usage(default_stack: tuple[TritonProcess, str],
+                                                  default_client: openai.OpenAI) -> None:
     prompt = "The quick brown fox jumps over the lazy dog."
-    usage = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1).usage
+    usage = default_client.completions.create(model=MODEL, prompt=prompt, max_tokens=1).usage
     body = {"prompts": [{"model": "smollm2", "prompt": prompt, "max_tokens": 100},
                         {"model": MODEL, "prompt": prompt, "max_tokens": 8190}]}
 
-    response = httpx.post(f"{stack[1]}/api/v1/token_check", json=body, timeout=30)
+    response = httpx.post(f"{default_stack[1]}/api/v1/token_check", json=body, timeout=30)
 
     assert usage is not None and usage.prompt_tokens > 5
     assert response.json() == {"prompts": [
@@ -167,21 +147,21 @@ def test_token_check_counts_like_the_prompt_usage(stack: tuple[TritonProcess, st
         {"fits": False, "tokenCount": usage.prompt_tokens, "contextLength": 8192}]}
 
 
-def test_a_prompt_longer_than_the_context_is_a_400_with_the_numbers(stack: tuple[TritonProcess, str]) -> None:
+def test_a_prompt_longer_than_the_context_is_a_400_with_the_numbers(default_stack: tuple[TritonProcess, str]) -> None:
     body = {"model": MODEL, "prompt": "hello " * 9000, "max_tokens": 10, "stream": True}
 
-    response = httpx.post(f"{stack[1]}/v1/completions", json=body, timeout=60)
+    response = httpx.post(f"{default_stack[1]}/v1/completions", json=body, timeout=60)
 
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "invalid_request_error"
     assert "8192" in error["message"] and re.search(r"\d+ in the prompt", error["message"])
-    assert httpx.get(f"{stack[1]}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{default_stack[1]}/health", timeout=10).status_code == 200
 
 
-def test_n_streamed_choices_are_interleaved(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(
+def test_n_streamed_choices_are_interleaved(default_client: openai.OpenAI) -> None:
+    chunks = list(default_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Write a sentence about the sea."}], n=2,
         temperature=1.0, seed=3, max_tokens=12, stream=True, stream_options={"include_usage": True}))
 
@@ -196,7 +176,7 @@ def test_n_streamed_choices_are_interleaved(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.completion_tokens <= 24
 
 
-def test_fastchat_request_with_curl(stack: tuple[TritonProcess, str]) -> None:
+def test_fastchat_request_with_curl(default_stack: tuple[TritonProcess, str]) -> None:
     """FastChat's example request, but with max_tokens 16: sampled with top_k 3 the answer
     can run to its 2000 tokens, minutes on two CPU cores."""
     body = {"model": "smollm2", "messages": "请用中文回答，你是谁？", "temperature": 0.7, "top_p": 1,
@@ -204,7 +184,7 @@ def test_fastchat_request_with_curl(stack: tuple[TritonProcess, str]) -> None:
             "repetition_penalty": 1, "frequency_penalty": 0, "presence_penalty": 0}
     done = subprocess.run(
         ["curl", "-sS", "--no-buffer", "--max-time", "60", "-H", "Content-Type: application/json",
-         "-d", json.dumps(body, ensure_ascii=False), f"{stack[1]}/api/v1/chat/completions"],
+         "-d", json.dumps(body, ensure_ascii=False), f"{default_stack[1]}/api/v1/chat/completions"],
         capture_output=True, check=True, timeout=90)
 
     blocks = done.stdout.decode().split("\n\n")

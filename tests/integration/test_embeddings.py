@@ -10,7 +10,6 @@ import concurrent.futures
 import functools
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .servers import TritonProcess
+from .metrics import model_metric
+from .servers import TritonProcess, openai_client
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def stack(default_stack: tuple[TritonProcess, str]) -> tuple[TritonProcess, str]:
-    return default_stack  # the shipped model_repository/, shared with test_default_model
-
-
-@pytest.fixture(scope="module")
-def client(stack: tuple[TritonProcess, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack[1]}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(default_stack: tuple[TritonProcess, str]) -> openai.OpenAI:
+    return openai_client(default_stack[1], timeout=60)
 
 
 def model_folder() -> Path:
@@ -77,13 +72,6 @@ def reference_vectors(texts: list[str]) -> np.ndarray:
     return np.stack(vectors)
 
 
-def metric(triton: TritonProcess, name: str) -> int:
-    text = httpx.get(triton.metrics_url, timeout=10).text
-    match = re.search(rf'^{name}{{[^}}]*model="{MODEL}"[^}}]*}} (\d+)', text, re.MULTILINE)
-    assert match, f"{name} missing"
-    return int(match.group(1))
-
-
 def test_vectors_match_sentence_transformers_mean_pooling(client: openai.OpenAI) -> None:
     response = client.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
 
@@ -97,11 +85,11 @@ def test_vectors_match_sentence_transformers_mean_pooling(client: openai.OpenAI)
 
 
 def test_base64_through_the_sdk_and_raw_equals_floats(client: openai.OpenAI,
-                                                      stack: tuple[TritonProcess, str]) -> None:
+                                                      default_stack: tuple[TritonProcess, str]) -> None:
     floats = client.embeddings.create(model=ALIAS, input="base64 or not", encoding_format="float")
     # The SDK asks for base64 by default and decodes it.
     decoded = client.embeddings.create(model=ALIAS, input="base64 or not")
-    raw = httpx.post(f"{stack[1]}/v1/embeddings", timeout=30, json={
+    raw = httpx.post(f"{default_stack[1]}/v1/embeddings", timeout=30, json={
         "model": ALIAS, "input": ["base64 or not"], "encoding_format": "base64"}).json()
 
     assert floats.model == ALIAS
@@ -111,13 +99,13 @@ def test_base64_through_the_sdk_and_raw_equals_floats(client: openai.OpenAI,
 
 
 def test_32_concurrent_calls_are_batched_and_deterministic(client: openai.OpenAI,
-                                                           stack: tuple[TritonProcess, str]) -> None:
-    triton = stack[0]
+                                                           default_stack: tuple[TritonProcess, str]) -> None:
+    triton = default_stack[0]
     texts = [f"request number {i}: {TEXTS[i % len(TEXTS)]}" for i in range(32)]
     alone = [client.embeddings.create(model=MODEL, input=t, encoding_format="float").data[0].embedding
              for t in texts[:2]]
-    requests_before = metric(triton, "nv_inference_request_success")
-    executions_before = metric(triton, "nv_inference_exec_count")
+    requests_before = model_metric(triton, MODEL, "nv_inference_request_success")
+    executions_before = model_metric(triton, MODEL, "nv_inference_exec_count")
 
     def embed(text: str) -> list[float]:
         return client.embeddings.create(model=MODEL, input=text, encoding_format="float").data[0].embedding
@@ -125,8 +113,8 @@ def test_32_concurrent_calls_are_batched_and_deterministic(client: openai.OpenAI
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         together = list(pool.map(embed, texts))
 
-    requests = metric(triton, "nv_inference_request_success") - requests_before
-    executions = metric(triton, "nv_inference_exec_count") - executions_before
+    requests = model_metric(triton, MODEL, "nv_inference_request_success") - requests_before
+    executions = model_metric(triton, MODEL, "nv_inference_exec_count") - executions_before
     assert requests == 32
     assert executions < requests, f"{requests} requests ran in {executions} executions"
     # The same text gives the very same vector, alone or batched with others.

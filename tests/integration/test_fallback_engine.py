@@ -6,7 +6,6 @@ The model is a tiny random-weight T5 saved by the test, with the unit tests' tok
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from tests.unit.engine.conftest import build_tokenizer
 
-from .polling import wait_until
+from .metrics import disconnect_mid_stream, model_metric
 from .servers import TritonProcess, launch_gateway, launch_triton
 
 pytestmark = pytest.mark.integration
@@ -60,19 +59,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonProc
         shutil.rmtree(weights, ignore_errors=True)
 
 
-def metric(triton: TritonProcess, name: str, **labels: str) -> float:
-    """One sample of `name` for this model whose labels include `labels` (in any order)."""
-    wanted = [f'{key}="{value}"' for key, value in {"model": MODEL, **labels}.items()]
-    text = httpx.get(triton.metrics_url, timeout=10).text
-    for found, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
-        if all(label in found.split(",") for label in wanted):
-            return float(value)
-    raise AssertionError(f"{name} {labels} missing from {triton.metrics_url}")
-
-
 def test_a_seq2seq_model_is_served_by_the_fallback(stack: tuple[TritonProcess, str]) -> None:
-    assert metric(stack[0], "chatllm_engine_info", engine="fallback") == 1
-    assert "cannot take this model" in stack[0].log()
+    assert model_metric(stack[0], MODEL, "chatllm_engine_info", engine="fallback") == 1
+    assert "cannot take this model" in stack[0].log_path.read_text(errors="replace")
 
 
 def test_streams_chat_and_completions(stack: tuple[TritonProcess, str]) -> None:
@@ -94,11 +83,5 @@ def test_client_disconnect_cancels_the_generation(stack: tuple[TritonProcess, st
     triton, gateway = stack
     body = {"model": MODEL, "prompt": "Hello world", "max_tokens": 90000, "temperature": 0, "stream": True,
             "ignore_eos": True}
-    with httpx.stream("POST", f"{gateway}/v1/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        seen = [next(lines) for _ in range(6)]
-        assert any('"text"' in line for line in seen)
-        # the gauge is published every few tens of ms: wait for it, do not read it once
-        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
-    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
-               "the cancelled generation to leave the batch", timeout_s=30)
+    disconnect_mid_stream(triton, gateway, "/v1/completions", body, "the cancelled generation to leave the batch",
+                          timeout_s=30)

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests.integration.metrics import metric
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess
 
@@ -27,19 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCUST = Path(sys.executable).parent / "locust"
 CHAT = "/v1/chat/completions"
 DEADLINE_S = 30.0
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples `name{labels...}` on a metrics endpoint (0 when absent)."""
-    total = 0.0
-    for line in httpx.get(url, timeout=10).text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def locust_env() -> dict[str, str]:
@@ -107,8 +94,9 @@ def test_experiment_runner_writes_points_plots_and_report(tmp_path: Path) -> Non
     out, docs = tmp_path / "run", tmp_path / "docs" / "scaling.md"
 
     done = subprocess.run(
-        [sys.executable, "-m", "loadtest.run_experiment", "--model-repository", str(ROOT / "tests" / "model_repository"),
-         "--model", "echo", "--layout", "cpu:1", "--layout", "cpu:2x1", "--users", "2", "--warmup", "0.5",
+        [sys.executable, "-m", "loadtest.run_experiment",
+         "--model-repository", str(ROOT / "tests" / "model_repository"), "--model", "echo",
+         "--layout", "cpu:1", "--layout", "cpu:2x1", "--users", "2", "--warmup", "0.5",
          "--duration", "1.5", "--drain-timeout", "5", "--quiet-wait", "0", "--output", str(out), "--docs", str(docs)],
         cwd=ROOT, env=locust_env(), capture_output=True, text=True, timeout=240)
 

@@ -15,25 +15,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.integration.metrics import metric, sample
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
 from tests.unit.test_docker_files import TRITON_SERIES
 
 pytestmark = pytest.mark.integration
 
-ECHO_MODEL = Path(__file__).resolve().parents[1] / "model_repository" / "echo"
 DROP_DEADLINE_S = 5.0
 """"Dropped within a few seconds": from the kill to the endpoint's ready gauge reading 0."""
 READMIT_DEADLINE_S = 15.0
@@ -45,19 +42,6 @@ MAX_LOAD_REQUESTS = 3000
 """Bound on the steady load, whatever happens."""
 
 
-def metric(url: str, name: str, labels: dict[str, str]) -> float | None:
-    """One sample from a Prometheus text page, or None when absent."""
-    text = httpx.get(url, timeout=5).text
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match.group(2))
-    return None
-
-
 def kill_server(triton: TritonProcess) -> None:
     """SIGKILL, as a crashed machine would, to the server and its backend stubs at once
     (launch_triton starts it as the leader of its own process group)."""
@@ -67,13 +51,11 @@ def kill_server(triton: TritonProcess) -> None:
 
 def served(triton: TritonProcess) -> float:
     """Requests Triton says the echo model completed successfully."""
-    return metric(triton.metrics_url, "nv_inference_request_success", {"model": "echo"}) or 0.0
+    return metric(triton.metrics_url, "nv_inference_request_success", model="echo")
 
 
 def endpoint_ready(gateway: str, triton: TritonProcess) -> float | None:
-    return metric(
-        f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", {"endpoint": triton.grpc_url}
-    )
+    return sample(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", endpoint=triton.grpc_url)
 
 
 @dataclass
@@ -174,24 +156,12 @@ class SlowStream:
         assert not self.thread.is_alive(), "the stream hung"
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    shutil.copytree(ECHO_MODEL, tmp_path / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as servers:
-        yield servers
-
-
 def test_two_servers_spread_failover_and_readmission(
-    repository: Path, stack: contextlib.ExitStack
+    echo_repository: Path, servers: contextlib.ExitStack
 ) -> None:
-    a = stack.enter_context(launch_triton(repository))
-    b = stack.enter_context(launch_triton(repository))
-    gateway = stack.enter_context(
+    a = servers.enter_context(launch_triton(echo_repository))
+    b = servers.enter_context(launch_triton(echo_repository))
+    gateway = servers.enter_context(
         launch_gateway(
             [a.grpc_url, b.grpc_url],
             extra_args=[
@@ -202,7 +172,7 @@ def test_two_servers_spread_failover_and_readmission(
         )
     )
     http = httpx.Client(base_url=gateway, timeout=30)
-    stack.callback(http.close)
+    servers.callback(http.close)
     wait_until(
         lambda: endpoint_ready(gateway, a) == 1 and endpoint_ready(gateway, b) == 1,
         "both endpoints ready", 10,
@@ -226,7 +196,7 @@ def test_two_servers_spread_failover_and_readmission(
         wait_until(lambda: stream.contents() >= 2, "the slow stream's first words", 10)
     load = SteadyLoad(gateway)
     load.start()
-    stack.callback(load.stop)  # also when an assertion fails first (stop is idempotent)
+    servers.callback(load.stop)  # also when an assertion fails first (stop is idempotent)
     wait_until(lambda: load.sent_count() >= LOAD_THREADS, "the steady load to start", 10)
 
     # 3. Kill A while both streams are mid-way.
@@ -247,8 +217,8 @@ def test_two_servers_spread_failover_and_readmission(
     wait_until(lambda: load.count() >= count_at_drop + 10, "load served by B alone", 10)
 
     # 4. Restart A where it was; the gateway takes it back.
-    a2 = stack.enter_context(
-        launch_triton(repository, ports=(a.http_port, a.grpc_port, a.metrics_port))
+    a2 = servers.enter_context(
+        launch_triton(echo_repository, ports=(a.http_port, a.grpc_port, a.metrics_port))
     )
     restarted_at = time.monotonic()  # launch_triton returns once A is ready
     readmit_s = wait_until(

@@ -10,17 +10,16 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.metrics import metric
 from tests.integration.polling import wait_until
 from tests.integration.reliability_load import ClosedLoop, describe
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
-from tests.integration.test_multi_triton import ECHO_MODEL, endpoint_ready, kill_server, metric, served
+from tests.integration.test_multi_triton import endpoint_ready, kill_server, served
 from tritonchat.launch import terminate
 
 pytestmark = pytest.mark.integration
@@ -29,35 +28,23 @@ AFTER_EVENT = 16
 """Requests that must start and finish after a kill or restart before the load stops."""
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    shutil.copytree(ECHO_MODEL, tmp_path / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as servers:
-        yield servers
-
-
-def two_servers(repository: Path, stack: contextlib.ExitStack) -> tuple[TritonProcess, TritonProcess, str]:
-    a = stack.enter_context(launch_triton(repository))
-    b = stack.enter_context(launch_triton(repository))
-    gateway = stack.enter_context(
+def two_servers(echo_repository: Path, servers: contextlib.ExitStack) -> tuple[TritonProcess, TritonProcess, str]:
+    a = servers.enter_context(launch_triton(echo_repository))
+    b = servers.enter_context(launch_triton(echo_repository))
+    gateway = servers.enter_context(
         launch_gateway([a.grpc_url, b.grpc_url], extra_args=["--health-check-interval-s", "0.5"]))
     return a, b, gateway
 
 
 def failures_on(gateway: str, triton: TritonProcess) -> float:
     name = "tritonchat_gateway_endpoint_failures_total"
-    return metric(f"{gateway}/metrics", name, {"endpoint": triton.grpc_url}) or 0.0
+    return metric(f"{gateway}/metrics", name, endpoint=triton.grpc_url)
 
 
 def test_killing_one_of_two_servers_loses_no_request_that_can_be_saved(
-    repository: Path, stack: contextlib.ExitStack
+    echo_repository: Path, servers: contextlib.ExitStack
 ) -> None:
-    a, b, gateway = two_servers(repository, stack)
+    a, b, gateway = two_servers(echo_repository, servers)
     load = ClosedLoop(gateway)
     load.start()
     try:
@@ -81,8 +68,8 @@ def test_killing_one_of_two_servers_loses_no_request_that_can_be_saved(
     assert failures_on(gateway, a) >= 1, "the kill hit no request in flight: the test proved nothing"
 
 
-def test_a_rolling_restart_loses_nothing(repository: Path, stack: contextlib.ExitStack) -> None:
-    a, b, gateway = two_servers(repository, stack)
+def test_a_rolling_restart_loses_nothing(echo_repository: Path, servers: contextlib.ExitStack) -> None:
+    a, b, gateway = two_servers(echo_repository, servers)
     load = ClosedLoop(gateway)
     load.start()
     try:
@@ -92,7 +79,7 @@ def test_a_rolling_restart_loses_nothing(repository: Path, stack: contextlib.Exi
             terminate(server.process)  # SIGTERM: Triton turns not-ready, finishes what it has, exits
             assert server.process.returncode == 0, "the server did not drain and exit on SIGTERM"
             ports = (server.http_port, server.grpc_port, server.metrics_port)
-            again = stack.enter_context(launch_triton(repository, ports=ports))
+            again = servers.enter_context(launch_triton(echo_repository, ports=ports))
             wait_until(lambda: endpoint_ready(gateway, again) == 1.0, "the restarted server routed to", 30)
             wait_until(lambda: load.finished_since(stopped_at) >= AFTER_EVENT, "requests after the restart", 60)
     finally:

@@ -28,9 +28,9 @@ from gateway.errors import UpstreamError
 from gateway.llm_client import GenerationInput, SamplingParams
 from gateway.triton_client import TritonLLMClient
 from loadtest.timing import percentile
+from tests.integration.metrics import metric
 from tests.integration.polling import wait_until
 from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
-from tests.integration.test_multi_triton import metric
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,7 @@ async def one_request(client: httpx.AsyncClient, i: int) -> tuple[int, str | Non
 
 def outstanding(gateway: str, triton: TritonProcess) -> float:
     name = "tritonchat_gateway_endpoint_outstanding_requests"
-    return metric(f"{gateway}/metrics", name, {"endpoint": triton.grpc_url}) or 0.0
+    return metric(f"{gateway}/metrics", name, endpoint=triton.grpc_url)
 
 
 def test_a_burst_of_300_is_served_or_refused_and_the_server_stays_up(

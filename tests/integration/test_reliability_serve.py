@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +15,7 @@ import httpx
 import pytest
 
 from tests.integration.polling import wait_until
-from tests.integration.servers import free_port
-from tests.integration.test_multi_triton import ECHO_MODEL
+from tests.integration.servers import copy_echo, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +50,7 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    repository = tmp_path / "repository"
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
+    repository = copy_echo(tmp_path / "repository")
     port = free_port()
     argv = [sys.executable, "-m", "tritonchat.cli", "serve", "--model-repository", str(repository),
             "--port", str(port), "--http-port", str(free_port()), "--grpc-port", str(free_port()),

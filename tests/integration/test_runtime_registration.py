@@ -9,7 +9,6 @@ and every request sent after that succeeds (on A).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,11 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.metrics import metric, sample
 from tests.integration.polling import wait_until
-from tests.integration.servers import TritonProcess, launch_gateway, launch_triton
+from tests.integration.servers import TritonProcess, copy_echo, launch_gateway, launch_triton
 from tests.integration.test_multi_triton import (
-    metric,
-    ECHO_MODEL,
     SteadyLoad,
     endpoint_ready,
     kill_server,
@@ -35,15 +33,9 @@ pytestmark = pytest.mark.integration
 HEARTBEAT_S = 1.5
 
 
-def copy_echo_repository(root: Path) -> Path:
-    repository = root / "repo"
-    shutil.copytree(ECHO_MODEL, repository / "echo", ignore=shutil.ignore_patterns("__pycache__"))
-    return repository
-
-
 def test_server_registers_serves_and_leaves(tmp_path: Path, echo_triton: TritonProcess) -> None:
     with launch_gateway([echo_triton.grpc_url]) as gateway, \
-            launch_triton(copy_echo_repository(tmp_path)) as second:
+            launch_triton(copy_echo(tmp_path / "repo")) as second:
         sidecar = subprocess.Popen(
             [sys.executable, "-m", "tritonchat.cli", "register", "--gateway", gateway,
              "--address", second.grpc_url, "--interval", str(HEARTBEAT_S)],
@@ -101,13 +93,12 @@ def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
     with launch_gateway([echo_triton.grpc_url]) as gateway:
         serve = subprocess.Popen(
             [sys.executable, "-m", "tritonchat.cli", "serve", "--model-repository",
-             str(copy_echo_repository(tmp_path)), "--http-port", str(http), "--grpc-port", str(grpc),
+             str(copy_echo(tmp_path / "repo")), "--http-port", str(http), "--grpc-port", str(grpc),
              "--metrics-port", str(metrics), "--register-with", gateway, "--heartbeat-interval", "30"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             def routed() -> bool:
-                return metric(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready",
-                              {"endpoint": address}) == 1.0
+                return sample(f"{gateway}/metrics", "tritonchat_gateway_endpoint_ready", endpoint=address) == 1.0
 
             wait_until(routed, "the served Triton routed to", timeout_s=240, alive=serve)  # type: ignore[arg-type]
             metrics_url = f"http://127.0.0.1:{metrics}/metrics"
@@ -115,7 +106,7 @@ def test_serve_register_with_joins_and_leaves_cleanly(tmp_path: Path,
                 for _ in range(6):
                     assert client.post("/v1/completions",
                                        json={"model": "echo", "prompt": "x"}).status_code == 200
-            assert (metric(metrics_url, "nv_inference_request_success", {"model": "echo"}) or 0) >= 2
+            assert metric(metrics_url, "nv_inference_request_success", model="echo") >= 2
 
             serve.send_signal(signal.SIGTERM)
             wait_until(lambda: not routed(), "the unregistered server out of rotation",

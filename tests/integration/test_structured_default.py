@@ -41,18 +41,8 @@ WEATHER: Any = {"type": "function", "function": {
         "required": ["city", "unit"], "additionalProperties": False}}}
 
 
-@pytest.fixture(scope="module")
-def stack(default_stack: tuple[TritonProcess, str]) -> tuple[TritonProcess, str]:
-    return default_stack
-
-
-@pytest.fixture(scope="module")
-def client(stack: tuple[TritonProcess, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack[1]}/v1", api_key="unused", max_retries=0)
-
-
-def test_json_schema_holds_streaming_with_two_sampled_choices(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
+def test_json_schema_holds_streaming_with_two_sampled_choices(default_client: openai.OpenAI) -> None:
+    stream = default_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], n=2, seed=3, temperature=1.0,
         max_tokens=120, stream=True,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
@@ -67,10 +57,11 @@ def test_json_schema_holds_streaming_with_two_sampled_choices(client: openai.Ope
         jsonschema.validate(json.loads(text), PERSON)
 
 
-def test_regex_and_choice_match(client: openai.OpenAI) -> None:
-    regex = client.completions.create(model=MODEL, prompt="The date today is", max_tokens=20, temperature=0.8,
-                                      seed=1, extra_body={"structured_outputs": {"regex": r"20[0-9]{2}-[01][0-9]"}})
-    choice = client.chat.completions.create(
+def test_regex_and_choice_match(default_client: openai.OpenAI) -> None:
+    regex = default_client.completions.create(
+        model=MODEL, prompt="The date today is", max_tokens=20, temperature=0.8, seed=1,
+        extra_body={"structured_outputs": {"regex": r"20[0-9]{2}-[01][0-9]"}})
+    choice = default_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Is the sky green?"}], max_tokens=10, temperature=0,
         extra_body={"guided_choice": ["yes", "no"]})
 
@@ -78,10 +69,11 @@ def test_regex_and_choice_match(client: openai.OpenAI) -> None:
     assert choice.choices[0].message.content in ("yes", "no")
 
 
-def test_a_tool_round_trip_with_a_required_call(client: openai.OpenAI) -> None:
+def test_a_tool_round_trip_with_a_required_call(default_client: openai.OpenAI) -> None:
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Berlin?"}]
-    first = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required",
-                                           parallel_tool_calls=False, temperature=0, max_tokens=60)
+    first = default_client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER],
+                                                   tool_choice="required", parallel_tool_calls=False, temperature=0,
+                                                   max_tokens=60)
 
     assert first.choices[0].finish_reason == "tool_calls"
     calls = first.choices[0].message.tool_calls or []
@@ -91,28 +83,30 @@ def test_a_tool_round_trip_with_a_required_call(client: openai.OpenAI) -> None:
 
     messages += [first.choices[0].message.model_dump(exclude_none=True)]
     messages += [{"role": "tool", "tool_call_id": c.id, "content": "12 degrees, light rain"} for c in calls]
-    answer = client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], temperature=0,
-                                            max_tokens=24)
+    answer = default_client.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], temperature=0,
+                                                    max_tokens=24)
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
 
 
 def test_what_only_the_engine_can_refuse_is_a_400_and_the_server_stays_up(
-        stack: tuple[TritonProcess, str], client: openai.OpenAI) -> None:
+        default_stack: tuple[TritonProcess, str], default_client: openai.OpenAI) -> None:
     for extra in ({"guided_grammar": "root ::= undefined_rule"}, {"guided_regex": "(?<=a)b"},
                   {"guided_json": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}):
-        response = httpx.post(f"{stack[1]}/v1/chat/completions", timeout=60, json={
+        response = httpx.post(f"{default_stack[1]}/v1/chat/completions", timeout=60, json={
             "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, **extra})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["type"] == "invalid_request_error"
         assert "does not compile" in response.json()["error"]["message"]
-    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    reply = default_client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=4)
     assert reply.choices[0].finish_reason == "length"
 
 
-def test_a_chinese_stream_cut_mid_character_ends_cleanly(client: openai.OpenAI) -> None:
+def test_a_chinese_stream_cut_mid_character_ends_cleanly(default_client: openai.OpenAI) -> None:
     for max_tokens in (24, 25):
-        chunks = list(client.completions.create(model=MODEL, prompt="你好，世界！今天天气很好，我们去公园散步吧。",
-                                                max_tokens=max_tokens, temperature=0, stream=True))
+        chunks = list(default_client.completions.create(
+            model=MODEL, prompt="你好，世界！今天天气很好，我们去公园散步吧。", max_tokens=max_tokens, temperature=0,
+            stream=True))
         text = "".join(c.choices[0].text for c in chunks if c.choices)
         assert "\ufffd" not in text, (max_tokens, text)

@@ -8,7 +8,6 @@ The first start compiles the model (about a minute here), later ones reuse vLLM'
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from .polling import wait_until
-from .servers import TritonProcess, launch_gateway, launch_triton
+from .metrics import disconnect_mid_stream, model_metric
+from .servers import TritonProcess, launch_gateway, launch_triton, openai_client
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("TRITONCHAT_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -40,23 +39,13 @@ def stack() -> Iterator[tuple[TritonProcess, str]]:
 
 @pytest.fixture(scope="module")
 def client(stack: tuple[TritonProcess, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack[1]}/v1", api_key="unused", max_retries=0)
-
-
-def metric(triton: TritonProcess, name: str, **labels: str) -> float:
-    """One sample of `name` for this model whose labels include `labels` (in any order)."""
-    wanted = [f'{key}="{value}"' for key, value in {"model": MODEL, **labels}.items()]
-    text = httpx.get(triton.metrics_url, timeout=10).text
-    for found, value in re.findall(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.MULTILINE):
-        if all(label in found.split(",") for label in wanted):
-            return float(value)
-    raise AssertionError(f"{name} {labels} missing from {triton.metrics_url}")
+    return openai_client(stack[1])
 
 
 def test_models_list_the_vllm_engine(stack: tuple[TritonProcess, str], client: openai.OpenAI) -> None:
     models = httpx.get(f"{stack[1]}/v1/models", timeout=10).json()["data"]
     assert {(m["id"], m["engine"]) for m in models} == {(MODEL, "vllm"), ("smollm2-vllm", "vllm")}
-    assert metric(stack[0], "chatllm_engine_info", engine="vllm") == 1
+    assert model_metric(stack[0], MODEL, "chatllm_engine_info", engine="vllm") == 1
 
 
 def test_streaming_greedy_answer_is_paris(client: openai.OpenAI) -> None:
@@ -103,15 +92,9 @@ def test_client_disconnect_frees_the_sequence(stack: tuple[TritonProcess, str]) 
     triton, gateway = stack
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
             "max_tokens": 4000, "temperature": 0, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{gateway}/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        seen = [next(lines) for _ in range(6)]  # a few chunks: the generation is running
-        assert any('"content"' in line for line in seen)
-        # the gauge is published every few tens of ms: wait for it, do not read it once
-        wait_until(lambda: metric(triton, "chatllm_running_sequences") >= 1, "the running gauge")
     # 4000 tokens would take minutes; after the disconnect vLLM must drop the sequence.
-    wait_until(lambda: metric(triton, "chatllm_running_sequences") == 0,
-               "vLLM to drop the cancelled sequence", timeout_s=30)
+    disconnect_mid_stream(triton, gateway, "/v1/chat/completions", body, "vLLM to drop the cancelled sequence",
+                          timeout_s=30)
     reply = httpx.post(f"{gateway}/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 4})
     assert reply.status_code == 200

@@ -11,6 +11,7 @@ import pytest
 from loadtest.config import ExperimentConfig, config_from_args
 from loadtest.hostload import CpuSnapshot, cpu_window
 from loadtest.layouts import Layout
+from loadtest.workload import WorkloadOptions
 from tritonchat.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -19,13 +20,15 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_the_cli_parses_an_experiment_grid() -> None:
     args = build_parser().parse_args([
         "experiment", "--layout", "cpu:1x2", "--layout", "gpu:1@0+1", "--users", "1", "4", "--via", "grpc",
-        "gateway", "grpc", "--duration", "7", "--output", "/tmp/x", "--docs", "docs/scaling.md"])
+        "gateway", "grpc", "--duration", "7", "--output", "/tmp/x", "--docs", "docs/scaling.md",
+        "--answer-tokens", "8,16", "--natural-stop"])
 
     config = config_from_args(args, "tritonchat experiment ...")
 
     assert config.layouts == (Layout("cpu", 1, cpu_threads=2), Layout("gpu", 1, (0,), num_gpus=2))
     assert config.users == (1, 4) and config.via == ("grpc", "gateway") and config.duration_s == 7.0
     assert config.output == Path("/tmp/x") and config.docs == Path("docs/scaling.md")
+    assert config.workload == WorkloadOptions(answer_tokens=(8, 16), natural_stop=True)
     assert config.model_repository == (ROOT / "model_repository").resolve() or config.model_repository.is_dir()
     config.validate()
 

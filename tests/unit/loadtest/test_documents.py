@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadtest.documents import DEFAULT_COUNT, build_document_prompts
-from tritonchat.bench import workload_jobs
+from loadtest.bench import workload_jobs
 
 
 def test_the_same_seed_gives_the_same_uneven_prompts() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2
 
-from loadtest.layouts import Layout, LayoutError, default_layouts, read_config, write_repository_variant
+from loadtest.layouts import Layout, LayoutError, default_layouts, model_parameters, read_config, write_model_variant
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL = ROOT / "model_repository" / "smollm2-135m-instruct"
@@ -78,7 +78,7 @@ def test_gpu_layouts(spec: str, groups: list[tuple[int, int, list[int]]], num_gp
 
 
 def test_a_variant_is_a_loadable_copy(tmp_path: Path) -> None:
-    target = write_repository_variant(ECHO_MODEL, Layout.parse("cpu:2x1"), tmp_path)
+    target = write_model_variant(ECHO_MODEL, tmp_path, Layout.parse("cpu:2x1"))
 
     config = read_config(target / "config.pbtxt")
 
@@ -88,6 +88,19 @@ def test_a_variant_is_a_loadable_copy(tmp_path: Path) -> None:
     assert config.instance_group[0].count == 2
     assert config.backend == "python" and config.max_batch_size == 8
     assert (target / "config.pbtxt").read_text().startswith("# echo with layout cpu:2x1")
+
+
+def test_a_variant_can_set_parameters_of_the_model(tmp_path: Path) -> None:
+    target = write_model_variant(DEFAULT_MODEL, tmp_path, parameters={"cpu_threads": "3", "dtype": "bfloat16"})
+
+    params = model_parameters(target / "config.pbtxt")
+
+    assert params["cpu_threads"] == "3" and params["dtype"] == "bfloat16"
+    untouched = model_parameters(DEFAULT_MODEL / "config.pbtxt")
+    assert {k: v for k, v in params.items() if k not in ("cpu_threads", "dtype")} == {
+        k: v for k, v in untouched.items() if k not in ("cpu_threads", "dtype")}
+    assert read_config(target / "config.pbtxt").instance_group == read_config(
+        DEFAULT_MODEL / "config.pbtxt").instance_group
 
 
 def test_default_layouts_fit_the_machine() -> None:

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from loadtest.prompts import DEFAULT_ANSWER_TOKENS, PromptSampler, build_prompt_set, parse_answer_tokens
+from loadtest.prompts import DEFAULT_ANSWER_TOKENS, PromptSampler, build_prompt_set
+from loadtest.workload import parse_positive_ints
 
 
 def test_the_same_seed_gives_the_same_prompts_and_another_seed_others() -> None:
@@ -59,7 +60,7 @@ def test_a_sampler_stream_is_reproducible_and_sends_each_prompt_once_per_pass() 
 
 
 def test_parse_answer_tokens() -> None:
-    assert parse_answer_tokens("16, 32,64") == (16, 32, 64)
+    assert parse_positive_ints("16, 32,64", "--answer-tokens") == (16, 32, 64)
     for bad in ("", "a,b", "0,4", "-1"):
-        with pytest.raises(ValueError):
-            parse_answer_tokens(bad)
+        with pytest.raises(ValueError, match="--answer-tokens"):
+            parse_positive_ints(bad, "--answer-tokens")

@@ -6,55 +6,32 @@ import pytest
 
 from loadtest.scrape import Scrape, gateway_window, gauge_means, triton_window
 
-TRITON_BEFORE = """\
-# HELP nv_inference_request_success Number of successful inference requests
-# TYPE nv_inference_request_success counter
-nv_inference_request_success{model="m",version="1"} 10
-nv_inference_request_success{model="other",version="1"} 99
-# TYPE nv_inference_count counter
-nv_inference_count{model="m",version="1"} 10
-# TYPE nv_inference_exec_count counter
-nv_inference_exec_count{model="m",version="1"} 10
-# TYPE nv_inference_queue_duration_us counter
-nv_inference_queue_duration_us{model="m",version="1"} 1000
-# TYPE nv_inference_compute_infer_duration_us counter
-nv_inference_compute_infer_duration_us{model="m",version="1"} 500
-# TYPE chatllm_output_tokens_total counter
-chatllm_output_tokens_total{instance="m_0_0",model="m",version="1"} 100
-chatllm_output_tokens_total{instance="m_0_1",model="m",version="1"} 50
-# TYPE chatllm_decode_steps_total counter
-chatllm_decode_steps_total{instance="m_0_0",model="m",version="1"} 90
-chatllm_decode_steps_total{instance="m_0_1",model="m",version="1"} 45
-# TYPE chatllm_time_to_first_token_seconds histogram
-chatllm_time_to_first_token_seconds_count{instance="m_0_0",model="m",version="1"} 10
-chatllm_time_to_first_token_seconds_sum{instance="m_0_0",model="m",version="1"} 1.0
-chatllm_time_to_first_token_seconds_count{instance="m_0_1",model="m",version="1"} 5
-chatllm_time_to_first_token_seconds_sum{instance="m_0_1",model="m",version="1"} 0.5
-"""
 
-TRITON_AFTER = """\
-# TYPE nv_inference_request_success counter
-nv_inference_request_success{model="m",version="1"} 30
-nv_inference_request_success{model="other",version="1"} 199
-# TYPE nv_inference_count counter
-nv_inference_count{model="m",version="1"} 30
-# TYPE nv_inference_exec_count counter
-nv_inference_exec_count{model="m",version="1"} 15
-# TYPE nv_inference_queue_duration_us counter
-nv_inference_queue_duration_us{model="m",version="1"} 41000
-# TYPE nv_inference_compute_infer_duration_us counter
-nv_inference_compute_infer_duration_us{model="m",version="1"} 2500
-# TYPE chatllm_output_tokens_total counter
-chatllm_output_tokens_total{instance="m_0_0",model="m",version="1"} 510
-chatllm_output_tokens_total{instance="m_0_1",model="m",version="1"} 260
-# TYPE chatllm_decode_steps_total counter
-chatllm_decode_steps_total{instance="m_0_0",model="m",version="1"} 190
-chatllm_decode_steps_total{instance="m_0_1",model="m",version="1"} 95
-# TYPE chatllm_time_to_first_token_seconds histogram
-chatllm_time_to_first_token_seconds_count{instance="m_0_0",model="m",version="1"} 20
-chatllm_time_to_first_token_seconds_sum{instance="m_0_0",model="m",version="1"} 4.0
-chatllm_time_to_first_token_seconds_count{instance="m_0_1",model="m",version="1"} 15
-chatllm_time_to_first_token_seconds_sum{instance="m_0_1",model="m",version="1"} 2.5
+def triton_counters(success: int, other: int, executions: int, queue_us: int, compute_us: int,
+                    tokens: tuple[int, int], steps: tuple[int, int], ttft_count: tuple[int, int],
+                    ttft_sum: tuple[float, float]) -> str:
+    """Triton's counters for model "m" (two instances) and another model, as Triton writes them."""
+    per_instance = {"chatllm_output_tokens_total": tokens, "chatllm_decode_steps_total": steps,
+                    "chatllm_time_to_first_token_seconds_count": ttft_count,
+                    "chatllm_time_to_first_token_seconds_sum": ttft_sum}
+    lines = ["# TYPE nv_inference_request_success counter",
+             f'nv_inference_request_success{{model="m",version="1"}} {success}',
+             f'nv_inference_request_success{{model="other",version="1"}} {other}']
+    for name, value in (("nv_inference_count", success), ("nv_inference_exec_count", executions),
+                        ("nv_inference_queue_duration_us", queue_us),
+                        ("nv_inference_compute_infer_duration_us", compute_us)):
+        lines += [f"# TYPE {name} counter", f'{name}{{model="m",version="1"}} {value}']
+    for name, values in per_instance.items():
+        if not name.endswith("_sum"):
+            family = name.removesuffix("_count")
+            lines.append(f"# TYPE {family} {'histogram' if family != name else 'counter'}")
+        lines += [f'{name}{{instance="m_0_{i}",model="m",version="1"}} {v}' for i, v in enumerate(values)]
+    return "\n".join(lines) + "\n"
+
+
+TRITON_BEFORE = triton_counters(10, 99, 10, 1000, 500, (100, 50), (90, 45), (10, 5), (1.0, 0.5))
+
+TRITON_AFTER = triton_counters(30, 199, 15, 41000, 2500, (510, 260), (190, 95), (20, 15), (4.0, 2.5)) + """\
 # TYPE chatllm_running_sequences gauge
 chatllm_running_sequences{instance="m_0_0",model="m",version="1"} 4
 chatllm_running_sequences{instance="m_0_1",model="m",version="1"} 2

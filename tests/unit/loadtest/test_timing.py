@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from loadtest.timing import (RequestRecord, StreamError, StreamMeasurement, percentile, record_chat_event, sse_data,
-                             summarise)
+from loadtest.timing import (RequestRecord, SseDecoder, StreamError, StreamMeasurement, percentile, record_chat_event,
+                             sse_data, summarise)
 
 
 def chunk(content: str | None = None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
@@ -23,6 +23,19 @@ def test_sse_data_joins_multi_line_events_and_skips_comments() -> None:
     lines = [b": keep-alive", b"data: one", b"", b"data: two", b"data: lines\r", b"", "event: x", "data:three"]
 
     assert list(sse_data(lines)) == ["one", "two\nlines", "three"]
+
+
+def test_the_decoder_hands_out_each_event_when_its_blank_line_arrives() -> None:
+    decoder = SseDecoder()  # what the benchmark feeds an async stream's lines to
+
+    assert [decoder.feed(line) for line in ("data: {}", "", ": ping", "data: [DONE]")] == [None, "{}", None, None]
+    assert decoder.flush() == "[DONE]" and decoder.flush() is None
+
+
+def test_token_gaps_are_each_gap_between_text_responses() -> None:
+    m = StreamMeasurement(start=0.0, token_times=[1.0, 1.5, 2.5])
+
+    assert m.token_gaps_s == [0.5, 1.0] and StreamMeasurement(start=0.0).token_gaps_s == []
 
 
 def test_a_chat_stream_gives_ttft_itl_and_tokens() -> None:

@@ -69,10 +69,11 @@ def test_options_come_from_locusts_parsed_options_or_defaults() -> None:
 
     options = LoadOptions.from_environment(Environment(parsed_options=parsed))
 
-    assert options.model == "smollm2" and options.answer_tokens == (8, 16) and options.natural_stop
-    assert options.prompt_count == 64 and options.triton_grpc == ""
+    assert options.model == "smollm2" and options.workload.answer_tokens == (8, 16) and options.workload.natural_stop
+    assert options.workload.prompt_count == 64 and options.triton_grpc == ""
     assert LoadOptions.from_environment(Environment()) == LoadOptions()
-    assert LoadOptions.from_environment(Environment(parsed_options=Namespace(prompt_seed=3))).prompt_seed == 3
+    assert LoadOptions.from_environment(Environment(parsed_options=Namespace(prompt_seed=3))).workload.prompt_seed == 3
+    assert LoadOptions.from_environment(Environment(parsed_options=options.as_parsed_options())) == options
 
 
 def test_steps() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tritonchat import bench
-from tritonchat.bench import Result
-from tritonchat.bench_engines import engines_table, vllm_server_argv
+from loadtest import bench
+from loadtest.bench import Result
+from loadtest.bench_engines import engines_table, vllm_server_argv
 
 
 def test_engine_flags_parse() -> None:

@@ -22,8 +22,6 @@ import asyncio
 import copy
 import dataclasses
 import json
-import re
-import shutil
 import tempfile
 import threading
 import time
@@ -32,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadtest.timing import percentile
+from loadtest.layouts import model_parameters, write_model_variant
+from loadtest.timing import SseDecoder, StreamMeasurement, percentile, record_chat_event
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_REQUESTS = [
@@ -208,30 +207,27 @@ def run_engine(model: Any, tokenizer: Any, config: Any, concurrency: int, new_to
     return result
 
 
-async def _stream_one(client: Any, url: str, model: str, job: Job) -> tuple[list[float], int]:
-    """One streamed chat request: [send time, arrival of each text chunk...] and its output tokens."""
+async def _stream_one(client: Any, url: str, model: str, job: Job) -> StreamMeasurement:
+    """One streamed chat request: when it was sent, when each text chunk arrived, its output tokens."""
     body = {"model": model, "messages": job.messages, "max_tokens": job.max_tokens, "temperature": 0,
             "stream": True, "ignore_eos": job.ignore_eos, "stream_options": {"include_usage": True}}
-    stamps: list[float] = [time.perf_counter()]
-    tokens = 0
+    measurement = StreamMeasurement(start=time.perf_counter())
+    decoder = SseDecoder()
     async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
-                stamps.append(time.perf_counter())
-    return stamps, tokens
+            payload = decoder.feed(line)
+            if payload is not None:
+                record_chat_event(measurement, payload, time.perf_counter())
+    measurement.end = time.perf_counter()
+    return measurement
 
 
-async def _run_user(client: Any, url: str, model: str, jobs: list[Job]) -> list[tuple[list[float], int]]:
+async def _run_user(client: Any, url: str, model: str, jobs: list[Job]) -> list[StreamMeasurement]:
     return [await _stream_one(client, url, model, job) for job in jobs]
 
 
-async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int,
+async def run_clients(url: str, model: str, concurrency: int, new_tokens: int,
                        messages: list[list[dict[str, str]]] | None = None, workload: str = "short",
                        mode: str = "e2e", long_prompts: int = 48) -> Result:
     """`concurrency` streaming users running the workload (or one request per `messages`)."""
@@ -244,12 +240,12 @@ async def _run_clients(url: str, model: str, concurrency: int, new_tokens: int,
         start = time.perf_counter()
         outcomes = await asyncio.gather(*(_run_user(client, url, model, jobs) for jobs in users if jobs))
         seconds = time.perf_counter() - start
-    flat = [o for user in outcomes for o in user]
-    result = Result(mode, concurrency, sum(t for _, t in flat), seconds)
-    for stamps, tokens in flat:
-        if len(stamps) > 1:
-            result.ttft_s.append(stamps[1] - stamps[0])
-            result.itl_s.extend(b - a for a, b in zip(stamps[1:], stamps[2:]))
+    flat = [m for user in outcomes for m in user]
+    result = Result(mode, concurrency, sum(m.output_tokens for m in flat), seconds)
+    for measurement in flat:
+        if measurement.ttft_s is not None:
+            result.ttft_s.append(measurement.ttft_s)
+        result.itl_s.extend(measurement.token_gaps_s)
     return result
 
 
@@ -271,38 +267,24 @@ def _stub_peak_rss_mib() -> float:
 def run_e2e(concurrencies: list[int], new_tokens: int, repository: Path, model: str, cpu_threads: int,
             warmup: bool = True, workload: str = "short", long_prompts: int = 48, dtype: str = "") -> list[Result]:
     """Start tritonserver + gateway on free ports, then run C streaming clients per C."""
-    from .launch import launch_gateway, launch_triton
+    from tritonchat.launch import launch_gateway, launch_triton
 
+    overrides = {"cpu_threads": str(cpu_threads)} if cpu_threads else {}
+    if dtype:
+        overrides["dtype"] = dtype
     with tempfile.TemporaryDirectory(prefix="tritonchat-bench-") as tmp:
         repo = Path(tmp) / "repo"
-        shutil.copytree(repository / model, repo / model)
-        if cpu_threads:
-            config = repo / model / "config.pbtxt"
-            config.write_text(config.read_text().replace(
-                '{ key: "cpu_threads", value: { string_value: "0" } }',
-                f'{{ key: "cpu_threads", value: {{ string_value: "{cpu_threads}" }} }}'))
-        if dtype:
-            config = repo / model / "config.pbtxt"
-            config.write_text(re.sub(r'(key: "dtype", value: \{ string_value: )"\w+"', rf'\1"{dtype}"', config.read_text()))
+        write_model_variant(repository / model, repo, parameters=overrides)
         with launch_triton(repo) as triton, launch_gateway([triton.grpc_url]) as gateway:
             if warmup:
-                asyncio.run(_run_clients(gateway, model, 2, 4, WARMUP_MESSAGES))
+                asyncio.run(run_clients(gateway, model, 2, 4, WARMUP_MESSAGES))
             results = []
             for c in concurrencies:
-                result = asyncio.run(_run_clients(gateway, model, c, new_tokens, workload=workload,
+                result = asyncio.run(run_clients(gateway, model, c, new_tokens, workload=workload,
                                                   long_prompts=long_prompts))
                 result.peak_kv_mib = _stub_peak_rss_mib()
                 results.append(result)
             return results
-
-
-def model_parameters(config_pbtxt: Path) -> dict[str, str]:
-    """The `parameters` of a config.pbtxt, parsed with Triton's own protobuf schema."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    config = text_format.Parse(config_pbtxt.read_text(), model_config_pb2.ModelConfig())
-    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,7 +305,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model", default="smollm2", help="model name sent with --url")
     parser.add_argument("--label", default="", help="mode label of the results (default e2e, or the --url's)")
     parser.add_argument("--output", default="", help="folder for results.json, results.md, throughput.png")
-    # Engines side by side, end to end (tritonchat/bench_engines.py).
+    # Engines side by side, end to end (loadtest/bench_engines.py).
     parser.add_argument("--engine", nargs="+", choices=["ours", "vllm"], default=None,
                         help="compare these engines end to end instead (vllm: needs make vllm-install)")
     parser.add_argument("--vllm-alone", action="store_true", help="with --engine: also vLLM's own OpenAI server")
@@ -381,7 +363,7 @@ def _as_backend_loads(plain_model: Any, config: Any) -> Any:
 
 def main(args: argparse.Namespace) -> int:
     if args.engine:
-        from .bench_engines import main as compare_engines
+        from loadtest.bench_engines import main as compare_engines
 
         return compare_engines(args)
     from chatllm_engine.config import EngineConfig
@@ -391,7 +373,7 @@ def main(args: argparse.Namespace) -> int:
     results: list[Result] = []
     if args.url:
         for c in args.concurrency:
-            result = asyncio.run(_run_clients(args.url.rstrip("/"), args.served_model, c, args.new_tokens,
+            result = asyncio.run(run_clients(args.url.rstrip("/"), args.served_model, c, args.new_tokens,
                                               workload=args.workload, mode=args.label or "external",
                                               long_prompts=args.long_prompts))
             results.append(result)

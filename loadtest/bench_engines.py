@@ -23,8 +23,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .bench import ROOT, WARMUP_MESSAGES, Result, _run_clients, model_parameters, run_ceiling
-from .launch import free_port, launch_gateway, launch_triton, terminate, wait_until_ready
+from loadtest.bench import ROOT, WARMUP_MESSAGES, Result, run_ceiling, run_clients
+from loadtest.layouts import model_parameters, write_model_variant
+from tritonchat.launch import free_port, launch_gateway, launch_triton, terminate, wait_until_ready
 
 OURS = (ROOT / "model_repository", "smollm2-135m-instruct")
 VLLM = (ROOT / "model_repository_vllm", "smollm2-135m-instruct-vllm")
@@ -34,10 +35,10 @@ START_TIMEOUT_S = 900.0  # vLLM compiles the model on a first start
 def _measure(url: str, model: str, mode: str, concurrencies: list[int], new_tokens: int,
              repeat: int) -> list[Result]:
     """Warm up, then C clients per C, `repeat` times; keeps the run with the median tok/s."""
-    asyncio.run(_run_clients(url, model, 2, 4, WARMUP_MESSAGES))
+    asyncio.run(run_clients(url, model, 2, 4, WARMUP_MESSAGES))
     results = []
     for c in concurrencies:
-        runs = sorted((asyncio.run(_run_clients(url, model, c, new_tokens)) for _ in range(repeat)),
+        runs = sorted((asyncio.run(run_clients(url, model, c, new_tokens)) for _ in range(repeat)),
                       key=lambda r: r.tokens_per_s)
         result = runs[len(runs) // 2]
         result.mode = mode
@@ -49,11 +50,9 @@ def _measure(url: str, model: str, mode: str, concurrencies: list[int], new_toke
 def run_stack(repository: Path, model: str, mode: str, concurrencies: list[int], new_tokens: int, repeat: int,
               python_env: Path | None = None) -> list[Result]:
     """gateway -> Triton -> chatllm on one model of `repository` (alone in a fresh repository)."""
-    import shutil
-
     with tempfile.TemporaryDirectory(prefix="tritonchat-bench-") as tmp:
         repo = Path(tmp) / "repo"
-        shutil.copytree(repository / model, repo / model)
+        write_model_variant(repository / model, repo)
         with launch_triton(repo, python_env=python_env, ready_timeout_s=START_TIMEOUT_S) as triton, \
                 launch_gateway([triton.grpc_url]) as gateway:
             return _measure(gateway, model, mode, concurrencies, new_tokens, repeat)

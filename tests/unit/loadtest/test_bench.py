@@ -8,7 +8,7 @@ import torch
 
 from chatllm_engine.config import EngineConfig
 from tests.unit.engine.conftest import build_model, build_tokenizer
-from tritonchat import bench
+from loadtest import bench
 
 
 def test_ceiling_and_engine_generate_exactly_the_asked_tokens_per_request() -> None:
