@@ -193,6 +193,14 @@ def _json_input(request: Any, name: str) -> Any:
 class TritonPythonModel:
     """The chatllm backend: one engine per model instance."""
 
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config: Any) -> Any:
+        """Declare the `engine` output (which engine serves the model, automatic choice
+        included; sent with token counts), so model configs need not list it."""
+        if wire.ENGINE not in {o.get("name") for o in auto_complete_model_config.as_dict().get("output", [])}:
+            auto_complete_model_config.add_output({"name": wire.ENGINE, "data_type": "TYPE_STRING", "dims": [-1]})
+        return auto_complete_model_config
+
     def initialize(self, args: dict[str, str]) -> None:
         handler = _TritonLogHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -288,6 +296,8 @@ class TritonPythonModel:
                    self._tensor(wire.FINISH_REASON, [b""], np.object_),
                    self._tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32),
                    self._tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32)]
+        if any(o.get("name") == wire.ENGINE for o in self.model_config.get("output", [])):
+            tensors.append(self._tensor(wire.ENGINE, [self._engine_thread.kind.encode()], np.object_))
         entry.channel.finish(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _sink(self, request_id: str) -> Callable[[TokenEvent | EngineError], None]:

@@ -73,6 +73,10 @@ def metric(triton: TritonProcess, name: str, **labels: str) -> float:
 def test_a_seq2seq_model_is_served_by_the_fallback(stack: tuple[TritonProcess, str]) -> None:
     assert metric(stack[0], "chatllm_engine_info", engine="fallback") == 1
     assert "cannot take this model" in stack[0].log()
+    # configured without `engine`: the model list says what was chosen on load
+    models = httpx.get(f"{stack[1]}/v1/models", timeout=30).json()["data"]
+    assert [(m["id"], m["engine"]) for m in models] == [(MODEL, "fallback")]
+    assert httpx.get(f"{stack[1]}/v1/models/{MODEL}", timeout=30).json()["engine"] == "fallback"
 
 
 def test_streams_chat_and_completions(stack: tuple[TritonProcess, str]) -> None:
