@@ -308,7 +308,7 @@ class TritonLLMClient:
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         # Owner: the event loop. Refreshed by list_models, filled lazily by generate.
         self._models: dict[str, TritonModel] = {}
-        self._engines: dict[TritonModel, str] = {}  # asked once per loaded model (list_models)
+        self._engines: dict[TritonModel, str] = {}  # list_models asks once per model config
 
     def _control(self) -> InferenceServerClient:
         if self._admin is None:
@@ -348,17 +348,23 @@ class TritonLLMClient:
         if model.engine != "ours" or wire.ENGINE not in model.outputs:
             return model
         if model not in self._engines:
-            request = build_count_request(model.name, "", "engine", batched=model.batched)
-            request.outputs.add(name=wire.ENGINE)
             try:
-                async with asyncio.timeout(ENGINE_QUERY_TIMEOUT_S):
-                    async with aclosing(self._responses(request)) as responses:
-                        async for response in responses:
-                            if response.engine:
-                                self._engines[model] = response.engine
-            except (UpstreamError, TimeoutError) as exc:  # asked again at the next listing
+                engine = await asyncio.wait_for(self._ask_engine(model), ENGINE_QUERY_TIMEOUT_S)
+            except (UpstreamError, asyncio.TimeoutError) as exc:  # asked again at the next listing
                 logger.info("model %s did not say which engine it runs: %r", model.name, exc)
+            else:
+                if engine:
+                    self._engines[model] = engine
         return replace(model, engine=self._engines.get(model, model.engine))
+
+    async def _ask_engine(self, model: TritonModel) -> str | None:
+        request = build_count_request(model.name, "", "engine", batched=model.batched)
+        request.outputs.add(name=wire.ENGINE)
+        engine: str | None = None
+        async with aclosing(self._responses(request)) as responses:
+            async for response in responses:
+                engine = response.engine or engine
+        return engine
 
     async def _fetch_model(self, name: str, *, missing_ok: bool = False) -> TritonModel | None:
         try:
