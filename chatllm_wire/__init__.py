@@ -43,6 +43,9 @@ FINISH_REASON = "finish_reason"
 NUM_INPUT_TOKENS = "num_input_tokens"
 NUM_OUTPUT_TOKENS = "num_output_tokens"
 LOGPROBS = "logprobs"
+ENGINE = "engine"
+"""Which engine serves a chatllm model ("ours", "fallback" or "vllm", the automatic choice
+included); sent with the answer to `count_tokens_only` when asked for."""
 
 FINISH_REASONS = ("stop", "length", "abort")
 """What `finish_reason` carries on the last response (empty before it)."""

@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import chatllm_wire as wire
@@ -44,6 +44,9 @@ from gateway.llm_client import (
 )
 
 logger = logging.getLogger(__name__)
+
+ENGINE_QUERY_TIMEOUT_S = 1.0
+"""Bound on asking a model which engine it runs (a model list never waits longer for it)."""
 
 OUTPUTS = (wire.TEXT_OUTPUT, wire.FINISH_REASON, wire.NUM_INPUT_TOKENS, wire.NUM_OUTPUT_TOKENS)
 _FINAL = "triton_final_response"
@@ -215,6 +218,7 @@ class StreamResponse:
     num_output_tokens: int | None
     final: bool
     logprobs: tuple[TokenLogprob, ...] = ()
+    engine: str | None = None
 
 
 def _strings(array: npt.NDArray[Any] | None) -> list[str]:
@@ -262,6 +266,7 @@ def decode_response(response: service_pb2.ModelInferResponse) -> StreamResponse:
         num_output_tokens=sum(outputs) if outputs else None,
         final=final,
         logprobs=parse_logprobs(_strings(result.as_numpy(wire.LOGPROBS))),
+        engine=next(iter(_strings(result.as_numpy(wire.ENGINE))), None),
     )
 
 
@@ -303,6 +308,7 @@ class TritonLLMClient:
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
         # Owner: the event loop. Refreshed by list_models, filled lazily by generate.
         self._models: dict[str, TritonModel] = {}
+        self._engines: dict[TritonModel, str] = {}  # list_models asks once per model config
 
     def _control(self) -> InferenceServerClient:
         if self._admin is None:
@@ -332,7 +338,33 @@ class TritonLLMClient:
         names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
         found = await asyncio.gather(*(self._fetch_model(n, missing_ok=True) for n in names))
         self._models = {m.name: m for m in found if m is not None}
-        return [card for model in self._models.values() for card in model.cards()]
+        self._engines = {m: e for m, e in self._engines.items() if self._models.get(m.name) == m}
+        served = await asyncio.gather(*(self._serving_engine(m) for m in self._models.values()))
+        return [card for model in served for card in model.cards()]
+
+    async def _serving_engine(self, model: TritonModel) -> TritonModel:
+        """`model` with the engine it runs: a chatllm model configured for "ours" may have
+        chosen the per-request fallback on load, which its `engine` output tells."""
+        if model.engine != "ours" or wire.ENGINE not in model.outputs:
+            return model
+        if model not in self._engines:
+            try:
+                engine = await asyncio.wait_for(self._ask_engine(model), ENGINE_QUERY_TIMEOUT_S)
+            except (UpstreamError, asyncio.TimeoutError) as exc:  # asked again at the next listing
+                logger.info("model %s did not say which engine it runs: %r", model.name, exc)
+            else:
+                if engine:
+                    self._engines[model] = engine
+        return replace(model, engine=self._engines.get(model, model.engine))
+
+    async def _ask_engine(self, model: TritonModel) -> str | None:
+        request = build_count_request(model.name, "", "engine", batched=model.batched)
+        request.outputs.add(name=wire.ENGINE)
+        engine: str | None = None
+        async with aclosing(self._responses(request)) as responses:
+            async for response in responses:
+                engine = response.engine or engine
+        return engine
 
     async def _fetch_model(self, name: str, *, missing_ok: bool = False) -> TritonModel | None:
         try:

@@ -179,12 +179,16 @@ def response_tensors(options: OutputOptions, text: str, event: TokenEvent, input
     return tensors
 
 
-def count_tensors(count: int, batched: bool) -> list[Any]:
-    """The answer to `count_tokens_only`: the prompt's token count, no text."""
-    return [output_tensor(wire.TEXT_OUTPUT, [b""], np.object_, batched),
-            output_tensor(wire.FINISH_REASON, [b""], np.object_, batched),
-            output_tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32, batched),
-            output_tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32, batched)]
+def count_tensors(count: int, batched: bool, engine: str | None = None) -> list[Any]:
+    """The answer to `count_tokens_only`: the prompt's token count, no text; and the engine
+    serving the model (`engine`) when the model declares that output."""
+    tensors = [output_tensor(wire.TEXT_OUTPUT, [b""], np.object_, batched),
+               output_tensor(wire.FINISH_REASON, [b""], np.object_, batched),
+               output_tensor(wire.NUM_INPUT_TOKENS, [count], np.uint32, batched),
+               output_tensor(wire.NUM_OUTPUT_TOKENS, [0], np.uint32, batched)]
+    if engine is not None:
+        tensors.append(output_tensor(wire.ENGINE, [engine.encode()], np.object_, batched))
+    return tensors
 
 
 def _scalar(request: Any, name: str) -> Any:
@@ -262,6 +266,14 @@ def parse_request(request: Any, request_id: str) -> tuple[GenerationRequest, Out
 
 class TritonPythonModel:
     """The chatllm backend: one engine per model instance."""
+
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config: Any) -> Any:
+        """Declare the `engine` output (which engine serves the model, automatic choice
+        included; sent with token counts), so model configs need not list it."""
+        if wire.ENGINE not in {o.get("name") for o in auto_complete_model_config.as_dict().get("output", [])}:
+            auto_complete_model_config.add_output({"name": wire.ENGINE, "data_type": "TYPE_STRING", "dims": [-1]})
+        return auto_complete_model_config
 
     def initialize(self, args: dict[str, str]) -> None:
         handler = _TritonLogHandler()
@@ -354,7 +366,9 @@ class TritonPythonModel:
             entry = self._inflight.pop(request_id, None)
         if entry is None:
             return
-        entry.channel.finish(pb_utils.InferenceResponse(output_tensors=count_tensors(count, self._batched)))
+        declared = any(o.get("name") == wire.ENGINE for o in self.model_config.get("output", []))
+        engine = self._engine_thread.kind if declared else None
+        entry.channel.finish(pb_utils.InferenceResponse(output_tensors=count_tensors(count, self._batched, engine)))
 
     def _sink(self, request_id: str) -> EventSink:
         return lambda event: self._events.put((request_id, event))

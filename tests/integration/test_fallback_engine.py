@@ -62,6 +62,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonProc
 def test_a_seq2seq_model_is_served_by_the_fallback(stack: tuple[TritonProcess, str]) -> None:
     assert model_metric(stack[0], MODEL, "chatllm_engine_info", engine="fallback") == 1
     assert "cannot take this model" in stack[0].log_path.read_text(errors="replace")
+    # configured without `engine`: the model list says what was chosen on load
+    models = httpx.get(f"{stack[1]}/v1/models", timeout=30).json()["data"]
+    assert [(m["id"], m["engine"]) for m in models] == [(MODEL, "fallback")]
+    assert httpx.get(f"{stack[1]}/v1/models/{MODEL}", timeout=30).json()["engine"] == "fallback"
 
 
 def test_streams_chat_and_completions(stack: tuple[TritonProcess, str]) -> None:

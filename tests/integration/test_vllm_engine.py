@@ -7,11 +7,14 @@ The first start compiles the model (about a minute here), later ones reuse vLLM'
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -22,6 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 VLLM_VENV = Path(os.environ.get("TRITONCHAT_VLLM_VENV", ROOT / ".venv-vllm"))
 MODEL = "smollm2-135m-instruct-vllm"
 QUESTION = "What is the capital of France? Answer in one word."
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 20},
+                   "age": {"type": "integer", "minimum": 18, "maximum": 99}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+WEATHER: Any = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+    "required": ["city"], "additionalProperties": False}}}
 
 pytestmark = [
     pytest.mark.integration,
@@ -98,3 +111,34 @@ def test_client_disconnect_frees_the_sequence(stack: tuple[TritonProcess, str]) 
     reply = httpx.post(f"{gateway}/v1/chat/completions", timeout=60, json={
         "model": MODEL, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 4})
     assert reply.status_code == 200
+
+
+def test_a_json_schema_answer_validates(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Invent a person."}], temperature=0, max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), PERSON)
+
+
+def test_a_choice_answer_is_one_of_the_choices(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Is the sky green?"}], temperature=0, max_tokens=16,
+        extra_body={"structured_outputs": {"choice": ["absolutely yes", "certainly not"]}})
+    assert reply.choices[0].message.content in ("absolutely yes", "certainly not")
+    assert reply.choices[0].finish_reason == "stop", "the choice is complete, and nothing follows it"
+
+
+def test_a_named_tool_gets_arguments_of_its_schema(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Berlin?"}], temperature=0,
+        max_tokens=40, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    call = (reply.choices[0].message.tool_calls or [])[0]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])  # type: ignore[union-attr]
+
+
+def test_a_grammar_vllm_cannot_compile_is_a_400(stack: tuple[TritonProcess, str]) -> None:
+    reply = httpx.post(f"{stack[1]}/v1/completions", timeout=60, json={
+        "model": MODEL, "prompt": "Count:", "max_tokens": 4, "guided_grammar": "root ::= missing_rule"})
+    assert reply.status_code == 400, reply.text
+    assert "vLLM refused" in reply.json()["error"]["message"]

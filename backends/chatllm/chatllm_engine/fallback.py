@@ -29,7 +29,7 @@ from .adding import RequestAdder
 from .chat import check_prompt_ids, eos_token_ids, prompt_token_ids
 from .config import EngineConfig
 from .engine import EngineStats, _check_sampling
-from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded
+from .errors import ContextTooLong, EngineDead, EngineError, EngineOverloaded, InvalidRequest
 from .sampling import SequenceSampler, sample_next_tokens, token_logprobs
 from .text import IncrementalDetokenizer, StopStringMatcher
 from .types import EventSink, FinishReason, GenerationRequest, TokenEvent, TokenLogprobs
@@ -272,6 +272,9 @@ class FallbackEngine(RequestAdder):
     def _prepare(self, request: GenerationRequest, sink: EventSink) -> _Job:
         params = request.sampling
         _check_sampling(params)
+        if params.structured is not None:
+            raise InvalidRequest("structured outputs (response_format, structured_outputs, tools with tool_choice "
+                                 "required or named) are not available on this model's per-request engine")
         prompt_ids = check_prompt_ids(self.tokenize(request), self._vocab_size)
         # A seq2seq decoder starts afresh: the prompt only has to fit the encoder.
         room = self.max_model_len - (0 if self.seq2seq else len(prompt_ids))

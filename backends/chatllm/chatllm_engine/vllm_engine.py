@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -25,6 +26,8 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from chatllm_wire import StructuredOutput
 
 from .adding import RequestAdder
 from .chat import prompt_token_ids
@@ -125,6 +128,20 @@ def sampling_params(params: SamplingParams, max_tokens: int) -> dict[str, Any]:
         "logprobs": params.logprobs,
         "skip_special_tokens": True,
     }
+
+
+def structured_outputs(spec: StructuredOutput) -> dict[str, Any]:
+    """Our structured-output constraint as keyword arguments of vLLM's StructuredOutputsParams
+    (the same five kinds; grammars are EBNF in both, vLLM compiles them with xgrammar too)."""
+    if spec.kind == "json":
+        return {"json": json.loads(spec.value)}
+    if spec.kind == "json_object":
+        return {"json_object": True}
+    if spec.kind == "choice":
+        return {"choice": spec.choices()}
+    if spec.kind in ("regex", "grammar"):
+        return {spec.kind: spec.value}
+    raise InvalidRequest(f"vLLM's engine cannot constrain the output to a {spec.kind!r}")
 
 
 def token_logprobs(position: dict[int, Any], token_id: int, top_n: int) -> TokenLogprobs:
@@ -322,6 +339,8 @@ class VllmEngine(RequestAdder):
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], int]:
         params = request.sampling
         _check_sampling(params)
+        if params.structured is not None:
+            structured_outputs(params.structured)  # a kind vLLM lacks is refused before queueing
         prompt_ids = self.tokenize(request)
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty")
@@ -357,15 +376,20 @@ class VllmEngine(RequestAdder):
     async def _generate(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int,
                         sink: EventSink) -> None:
         vllm = self._vllm
-        params = vllm.SamplingParams(**sampling_params(request.sampling, max_tokens),
-                                     output_kind=vllm.sampling_params.RequestOutputKind.DELTA)
+        from vllm.exceptions import VLLMClientError
+
         top_n = request.sampling.logprobs
-        finished = False
+        started = finished = False
         try:
+            params = vllm.SamplingParams(**sampling_params(request.sampling, max_tokens),
+                                         output_kind=vllm.sampling_params.RequestOutputKind.DELTA)
+            if request.sampling.structured is not None:
+                params.structured_outputs = vllm.sampling_params.StructuredOutputsParams(
+                    **structured_outputs(request.sampling.structured))
             async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
                                                       request.request_id):
                 event = self._event(request.request_id, output, len(prompt_ids), top_n)
-                finished = event.finished
+                started, finished = True, event.finished
                 _deliver(sink, request.request_id, event)
         except asyncio.CancelledError:
             # vLLM's generate() aborts the request in its engine when its task is cancelled.
@@ -373,6 +397,14 @@ class VllmEngine(RequestAdder):
                 _deliver(sink, request.request_id, TokenEvent(
                     request_id=request.request_id, text="", num_output_tokens=0, num_input_tokens=len(prompt_ids),
                     finish_reason=FinishReason.ABORT))
+            return
+        except (ValueError, VLLMClientError) as exc:
+            if not started:  # vLLM checks a request as it takes it (e.g. a grammar it cannot compile)
+                logger.info("vLLM refused %s: %s", request.request_id, exc)
+                _deliver(sink, request.request_id, InvalidRequest(f"vLLM refused the request: {exc}"))
+            elif not finished:
+                logger.exception("vLLM failed on %s", request.request_id)
+                _deliver(sink, request.request_id, EngineDead(f"vLLM engine error: {exc}"))
             return
         except Exception as exc:  # noqa: BLE001 - reported to the request, the engine goes on
             logger.exception("vLLM failed on %s", request.request_id)

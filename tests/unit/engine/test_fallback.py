@@ -17,9 +17,10 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrained
 
 from chatllm_engine.engine_host import EngineHost, cache_rejection
 from chatllm_engine.packed_forward import STEP_KWARG
-from chatllm_engine.errors import ContextTooLong, EngineOverloaded
+from chatllm_engine.errors import ContextTooLong, EngineOverloaded, InvalidRequest
 from chatllm_engine.fallback import FallbackEngine
 from chatllm_engine.types import FinishReason, GenerationRequest, SamplingParams
+from chatllm_wire import StructuredOutput
 
 from .conftest import engine_config
 from .support import greedy
@@ -178,6 +179,9 @@ def test_fallback_refuses_what_does_not_fit(tiny_t5: Any, tiny_tokenizer: Any) -
     try:
         too_long = GenerationRequest("x", prompt="Hello", sampling=greedy(10_000))
         assert isinstance(engine.add_requests([(too_long, lambda e: None)])[0], ContextTooLong)
+        schema = SamplingParams(max_tokens=5, structured=StructuredOutput("json_object"))
+        refused = engine.add_requests([(GenerationRequest("j", prompt="Hello", sampling=schema), lambda e: None)])[0]
+        assert isinstance(refused, InvalidRequest) and "structured outputs" in str(refused), "a 400, not ignored"
         slow = GenerationRequest("a", prompt="Hello", sampling=greedy(200, ignore_eos=True))
         again = GenerationRequest("b", prompt="Hello", sampling=greedy(2))
         results = engine.add_requests([(slow, lambda e: None), (again, lambda e: None)])

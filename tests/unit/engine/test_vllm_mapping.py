@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from chatllm_engine.config import EngineConfig
 from chatllm_engine.types import FinishReason, SamplingParams
-from chatllm_engine.vllm_engine import VllmEngine, engine_kwargs, sampling_params
+from chatllm_engine.vllm_engine import VllmEngine, engine_kwargs, sampling_params, structured_outputs
+from chatllm_wire import structured_output
 
 
 def test_fastchat_vllm_worker_flags_become_engine_arguments() -> None:
@@ -79,3 +80,14 @@ def test_stats_follow_vllms_steps_and_drop_to_idle_when_nothing_is_in_flight() -
     engine._in_flight = 0  # noqa: SLF001 - vLLM reports nothing once it stops stepping
     idle = engine.stats
     assert (idle.running, idle.waiting, idle.kv_slots, idle.output_tokens, idle.max_batch_size) == (0, 0, 0, 3, 3)
+
+
+def test_structured_outputs_map_onto_vllms_own_kinds() -> None:
+    schema = {"type": "object", "properties": {"b": {"type": "integer"}, "a": {"type": "string"}}}
+    assert structured_outputs(structured_output("json", schema)) == {"json": schema}
+    assert list(structured_outputs(structured_output("json", schema))["json"]["properties"]) == ["b", "a"]
+    assert structured_outputs(structured_output("json_object", True)) == {"json_object": True}
+    assert structured_outputs(structured_output("choice", ["yes", "no"])) == {"choice": ["yes", "no"]}
+    assert structured_outputs(structured_output("regex", "[0-9]+")) == {"regex": "[0-9]+"}
+    grammar = 'root ::= "a" | "b"'
+    assert structured_outputs(structured_output("grammar", grammar)) == {"grammar": grammar}

@@ -251,3 +251,15 @@ def test_decode_an_empty_final_response() -> None:
 
     assert (decoded.text, decoded.finish_reason) == ("", None)
     assert (decoded.num_output_tokens, decoded.final) == (None, True)
+
+
+def test_decode_the_engine_a_model_names_with_its_token_count() -> None:
+    response = service_pb2.ModelInferResponse(model_name="m", id="r")
+    response.parameters["triton_final_response"].bool_param = True
+    for name, dtype, raw in (("num_input_tokens", "UINT32", np.array([[0]], dtype=np.uint32).tobytes()),
+                             ("engine", "BYTES", _bytes_raw(["fallback"]))):
+        response.outputs.add(name=name, datatype=dtype, shape=[1, 1])
+        response.raw_output_contents.append(raw)
+
+    assert decode_response(response).engine == "fallback"
+    assert decode_response(_response(["x"], "", 1, 1, final=True)).engine is None
