@@ -14,13 +14,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
-from gateway.routing import (
-    EndpointTarget,
-    HttpQueueProbe,
-    RoutedLLMClient,
-    RoutingCollector,
-    RoutingConfig,
-)
+from gateway.dispatch import RoutedLLMClient
+from gateway.endpoints import EndpointCollector, EndpointTarget, HttpQueueProbe, RoutingConfig
 from gateway.settings import GatewaySettings
 from gateway.triton_client import TritonLLMClient
 
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     client = build_client(settings)
     registry = CollectorRegistry()
-    registry.register(RoutingCollector(client))
+    registry.register(EndpointCollector(client.pool))
     app = create_app(settings, client, registry)
     logger.info(
         "gateway on http://%s:%d, Triton at %s, auth %s",

@@ -7,7 +7,10 @@ error JSON in a single exception handler.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from chatllm_wire import split_error
 
@@ -99,19 +102,6 @@ class UpstreamError(GatewayError):
         Triton): the request itself is fine and may run again on another server."""
         return self.status_code == 503
 
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        err_type: str,
-        *,
-        code: str | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(
-            status_code, message, err_type, code=code, retry_after_s=retry_after_s
-        )
-
 
 # Model errors carry their code in brackets; gRPC statuses arrive as "StatusCode.X".
 # CANCELLED reaches a client only when someone else cancelled its request (e.g. Triton
@@ -195,8 +185,19 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         or (status_code if status_code in _BY_CODE else None)
         or _code_from_message(text, specific=False)
     )
-    status, err_type, err_code = _BY_CODE.get(code or "", _INTERNAL)
+    return status_error(code or "", text or "upstream error")
+
+
+def status_error(code: str, message: str) -> UpstreamError:
+    """The error for a status name of `_BY_CODE` (e.g. "UNAVAILABLE": 503 with Retry-After);
+    500 for any other name."""
+    status, err_type, err_code = _BY_CODE.get(code, _INTERNAL)
     retry = RETRY_AFTER_S if status in (429, 503) else None
-    return UpstreamError(
-        status, text or "upstream error", err_type, code=err_code, retry_after_s=retry
+    return UpstreamError(status, message, err_type, code=err_code, retry_after_s=retry)
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer for `error`: OpenAI's error JSON, its status, its headers plus `headers`."""
+    return JSONResponse(
+        error.to_dict(), status_code=error.status_code, headers={**error.headers, **(headers or {})}
     )

@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gateway.dispatch import RoutedLLMClient
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.fastchat_conv import conversation_template
 from gateway.fastchat_protocol import (
@@ -47,7 +48,7 @@ from gateway.generation import UsageCounter, stream_choice
 from gateway.llm_client import GenerationInput, ModelCard, SamplingParams, TokenLogprob
 from gateway.routers.completions import completion_logprobs
 from gateway.serving import get_state, new_request_id
-from gateway.triton_registry import EndpointPool, TritonRegistry
+from gateway.triton_registry import TritonRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +80,8 @@ class FastChatState:
 def install(app: FastAPI) -> FastChatState:
     """Add the routes and their state to `app` (after `app.state.gateway` is set)."""
     client = app.state.gateway.client
-    pool: EndpointPool | None = client if hasattr(client, "add_endpoint") else None
-    state = FastChatState(FastChatWorkers(), TritonRegistry(pool) if pool is not None else None)
+    tritons = TritonRegistry(client.pool) if isinstance(client, RoutedLLMClient) else None
+    state = FastChatState(FastChatWorkers(), tritons)
     app.state.fastchat = state
     app.include_router(router)
     return state
@@ -227,9 +228,9 @@ async def worker_get_status(request: Request) -> dict[str, Any]:
     for _, info in _fastchat(request).workers.items():
         names |= set(info.model_names)
         queue_length += info.queue_length
-    endpoints = getattr(get_state(request).client, "endpoints", None)
-    if callable(endpoints):
-        queue_length += sum(e.outstanding for e in endpoints())
+    client = get_state(request).client
+    if isinstance(client, RoutedLLMClient):
+        queue_length += sum(e.outstanding for e in client.pool.endpoints())
     return {"model_names": sorted(names), "speed": 1, "queue_length": queue_length}
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
-from gateway.routing import EndpointTarget, RoutedLLMClient
+from gateway.dispatch import RoutedLLMClient
+from gateway.endpoints import EndpointTarget
 from gateway.triton_registry import TritonRegistry
-from tests.unit.gateway.routing_fakes import FakeClock, FakeCluster, FakeServer
-from tests.unit.gateway.test_routing import QUIET, collect, inp, ready_names, run
+from tests.unit.gateway.cluster_fakes import QUIET, FakeClock, FakeCluster, FakeServer, collect, inp, ready_names, run
 
 
 def make(cluster: FakeCluster) -> RoutedLLMClient:
@@ -17,17 +16,17 @@ def test_added_server_takes_requests_at_once_and_leaves_when_removed() -> None:
     async def test() -> None:
         cluster = FakeCluster(FakeServer("a:1"), FakeServer("b:1"))
         client = make(cluster)
-        await client.start()
-        await client.add_endpoint("b:1")
+        await client.pool.start()
+        await client.pool.add_endpoint("b:1")
         assert ready_names(client) == ["a:1", "b:1"]  # no health round needed
         texts = {await collect(client.generate(inp())) for _ in range(2)}
         assert texts == {"from a:1", "from b:1"}
 
-        await client.remove_endpoint("b:1")
+        await client.pool.remove_endpoint("b:1")
         assert ready_names(client) == ["a:1"]
         assert {await collect(client.generate(inp())) for _ in range(3)} == {"from a:1"}
-        await client.refresh()  # idle: dropped from the pool
-        assert [e.address for e in client.endpoints()] == ["a:1"]
+        await client.pool.refresh()  # idle: dropped from the pool
+        assert [e.address for e in client.pool.endpoints()] == ["a:1"]
         await client.close()
 
     run(test)
@@ -36,9 +35,9 @@ def test_added_server_takes_requests_at_once_and_leaves_when_removed() -> None:
 def test_a_fixed_server_is_never_removed_by_the_registry() -> None:
     async def test() -> None:
         client = make(FakeCluster(FakeServer("a:1")))
-        await client.add_endpoint("a:1")
-        await client.remove_endpoint("a:1")
-        await client.refresh()
+        await client.pool.add_endpoint("a:1")
+        await client.pool.remove_endpoint("a:1")
+        await client.pool.refresh()
         assert ready_names(client) == ["a:1"]
         await client.close()
 
