@@ -15,7 +15,13 @@ from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointCollector, EndpointTarget, HttpQueueProbe, RoutingConfig
+from gateway.endpoints import (
+    EndpointCollector,
+    EndpointPool,
+    EndpointTarget,
+    HttpQueueProbe,
+    RoutingConfig,
+)
 from gateway.settings import GatewaySettings
 from gateway.triton_client import TritonLLMClient
 
@@ -100,7 +106,7 @@ def build_client(settings: GatewaySettings) -> RoutedLLMClient:
         return TritonLLMClient(address, request_timeout_s=settings.request_timeout_s)
 
     probe = HttpQueueProbe(settings.health_check_timeout_s) if ports else None
-    return RoutedLLMClient(targets, endpoint_client, config, queue_probe=probe)
+    return RoutedLLMClient(EndpointPool(targets, endpoint_client, config, queue_probe=probe))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.body_limit import BodySizeLimitMiddleware
+from gateway.disconnect import ClientDisconnected
 from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError
 from gateway.llm_client import LLMClient
 from gateway.metrics import METRICS_PATH, install_metrics
@@ -26,7 +27,6 @@ from gateway.model_registry import ModelRegistry
 from gateway.routers import chat, completions, embeddings, fastchat, models, tokens, webui
 from gateway.serving import GatewayState
 from gateway.settings import GatewaySettings
-from gateway.streaming import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 

@@ -25,20 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from gateway.endpoints import (
-    ClientFactory,
-    Endpoint,
-    EndpointPool,
-    EndpointTarget,
-    QueueProbe,
-    Resolver,
-    RoutingConfig,
-    resolve_host,
-)
+from gateway.endpoints import Endpoint, EndpointPool
 from gateway.errors import UpstreamError, status_error
 from gateway.llm_client import (
     EmbeddingResult,
@@ -65,24 +55,8 @@ class RoutedLLMClient:
     it inside the serving event loop. `close()` closes the pool.
     """
 
-    def __init__(
-        self,
-        targets: Sequence[EndpointTarget],
-        client_factory: ClientFactory,
-        config: RoutingConfig | None = None,
-        *,
-        queue_probe: QueueProbe | None = None,
-        resolver: Resolver = resolve_host,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.pool = EndpointPool(
-            targets,
-            client_factory,
-            config,
-            queue_probe=queue_probe,
-            resolver=resolver,
-            clock=clock,
-        )
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
         self._picks = 0
 
     async def close(self) -> None:

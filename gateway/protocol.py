@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 import chatllm_wire as wire
 from chatllm_wire import MAX_LOGPROBS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 MAX_EMBEDDING_INPUTS = 2048

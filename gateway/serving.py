@@ -1,25 +1,26 @@
-"""What the generation routes share: app state, request-to-input mapping, streaming."""
+"""What the generation routes share: app state, request-to-input mapping, the response path."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from chatllm_wire import StructuredOutput
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from chatllm_wire import StructuredOutput
 from gateway import sse
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.disconnect import race_disconnect
+from gateway.errors import InvalidRequestError, UpstreamError
 from gateway.generation import ChoiceDelta, UsageCounter
-from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams
+from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams, TokenLogprob
 from gateway.model_registry import ModelRegistry
 from gateway.protocol import SamplingRequest, UsageInfo
 from gateway.settings import GatewaySettings
-from gateway.streaming import race_disconnect
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,13 @@ class GatewayState:
 def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
+
+
+def start_request(request: Request, prefix: str) -> str:
+    """A new request id (`prefix-<hex>`), kept on the request for the error handlers' logs."""
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    request.state.request_id = request_id
+    return request_id
 
 
 def new_request_id(prefix: str) -> str:
@@ -117,37 +125,51 @@ async def prepend(
         await rest.aclose()
 
 
-def error_event(exc: Exception, request_id: str) -> dict[str, object]:
-    """The payload of the error event sent when a stream fails after its 200."""
-    if isinstance(exc, GatewayError):
-        logger.warning("request %s failed mid-stream: %s", request_id, exc.message)
-        return exc.to_dict()
-    logger.exception("request %s failed mid-stream", request_id, exc_info=exc)
-    return GatewayError(500, "internal error", "server_error").to_dict()
-
-
-async def sse_events(
-    chunks: AsyncGenerator[BaseModel, None],
-    request_id: str,
-    generation: AsyncGenerator[ChoiceDelta, None],
-) -> AsyncIterator[str]:
-    """`chunks` (made from `generation`) as SSE events, then `[DONE]`. A failure after the 200
-    becomes one error event; both are closed in any case, which cancels what is still
-    running upstream when the client went away."""
-    try:
-        async for chunk in chunks:
-            yield sse.event(chunk)
-    except Exception as exc:  # after the 200: report in-band, then end the stream
-        yield sse.event(error_event(exc, request_id))
-    finally:
-        await chunks.aclose()
-        await generation.aclose()
-    yield sse.DONE
-
-
 def usage_info(usage: UsageCounter) -> UsageInfo:
     return UsageInfo(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+
+
+@dataclass
+class CollectedChoice:
+    """One choice of a non-streaming answer, read to its end."""
+
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprob]
+
+
+async def collect_choices(
+    events: AsyncIterator[ChoiceDelta], count: int, prefixes: Sequence[str] = ()
+) -> list[CollectedChoice]:
+    """Every choice's text (after its prefix, e.g. an echoed prompt), finish reason and tokens."""
+    texts: list[list[str]] = [[prefixes[i]] if prefixes else [] for i in range(count)]
+    reasons: list[str | None] = [None] * count
+    tokens: list[list[TokenLogprob]] = [[] for _ in range(count)]
+    async for delta in events:
+        texts[delta.index].append(delta.text)
+        tokens[delta.index].extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+    return [CollectedChoice("".join(texts[i]), reasons[i], tokens[i]) for i in range(count)]
+
+
+async def respond(
+    request: Request,
+    request_id: str,
+    stream: bool,
+    events: AsyncGenerator[ChoiceDelta, None],
+    chunks: Callable[[AsyncGenerator[ChoiceDelta, None]], AsyncGenerator[BaseModel, None]],
+    collect: Callable[[AsyncIterator[ChoiceDelta]], Awaitable[BaseModel]],
+) -> Response:
+    """The answer to a generation request: an event stream of `chunks(deltas)` (answered 200
+    only once the first delta is there), or the JSON body `collect(events)` makes."""
+    if stream:
+        first = await first_delta(request, events)
+        generation = prepend(first, events)
+        return sse.response(sse.events(chunks(generation), request_id, generation))
+    result = await race_disconnect(request, collect(events))
+    return JSONResponse(result.model_dump())

@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import chatllm_wire as wire
 from chatllm_wire import StructuredOutput
-
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
 

@@ -23,7 +23,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import chatllm_wire as wire
 import grpc
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +30,7 @@ from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
 from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+import chatllm_wire as wire
 from gateway.errors import InvalidRequestError, UpstreamError, upstream_error
 from gateway.llm_client import (
     EmbeddingResult,

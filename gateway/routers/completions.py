@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
@@ -20,17 +20,15 @@ from gateway.protocol import (
     CompletionResponse,
 )
 from gateway.serving import (
-    first_delta,
+    collect_choices,
     for_choice,
     get_state,
-    new_request_id,
-    prepend,
     resolve_model,
+    respond,
     sampling_params,
-    sse_events,
+    start_request,
     usage_info,
 )
-from gateway.streaming import race_disconnect, sse_response
 from gateway.structured import requested_structure
 
 logger = logging.getLogger(__name__)
@@ -40,8 +38,7 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    request_id = new_request_id("cmpl")
-    request.state.request_id = request_id  # for the error handlers' log lines
+    request_id = start_request(request, "cmpl")
     if body.logprobs is not None and body.echo:
         raise InvalidRequestError(
             "echo with logprobs (the prompt's logprobs) is not supported", param="echo"
@@ -78,15 +75,14 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         len(prompts),
         body.n,
     )
-    events = merge(choices)
-    if body.stream:
-        first = await first_delta(request, events)
-        generation = prepend(first, events)
-        return sse_response(
-            sse_events(_chunks(body, request_id, generation, usage), request_id, generation)
-        )
-    result = await race_disconnect(request, _collect(body, request_id, events, usage))
-    return JSONResponse(result.model_dump())
+    return await respond(
+        request,
+        request_id,
+        body.stream,
+        merge(choices),
+        lambda deltas: _chunks(body, request_id, deltas, usage),
+        lambda deltas: _collect(body, request_id, deltas, usage),
+    )
 
 
 def _echo_text(body: CompletionRequest, index: int) -> str:
@@ -114,27 +110,20 @@ async def _collect(
     usage: UsageCounter,
 ) -> CompletionResponse:
     count = len(body.prompts()) * body.n
-    texts: list[list[str]] = [[_echo_text(body, i)] for i in range(count)]
-    reasons: list[str | None] = [None] * count
-    tokens: list[list[TokenLogprob]] = [[] for _ in range(count)]
-    async for delta in events:
-        texts[delta.index].append(delta.text)
-        tokens[delta.index].extend(delta.logprobs)
-        if delta.finish_reason is not None:
-            reasons[delta.index] = delta.finish_reason
+    collected = await collect_choices(events, count, [_echo_text(body, i) for i in range(count)])
     return CompletionResponse(
         id=request_id,
         model=body.model,
         choices=[
             CompletionChoice(
                 index=i,
-                text="".join(texts[i]),
+                text=choice.text,
                 logprobs=(
-                    None if body.logprobs is None else completion_logprobs(tokens[i], body.logprobs)
+                    None if body.logprobs is None else completion_logprobs(choice.logprobs, body.logprobs)
                 ),
-                finish_reason=reasons[i],
+                finish_reason=choice.finish_reason,
             )
-            for i in range(count)
+            for i, choice in enumerate(collected)
         ],
         usage=usage_info(usage),
     )

@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
+from gateway.disconnect import race_disconnect
 from gateway.errors import GatewayError
 from gateway.protocol import TokenCheckItem, TokenCheckRequest, TokenCheckResponse, TokenCheckResult
-from gateway.serving import get_state, new_request_id, resolve_model
-from gateway.streaming import race_disconnect
+from gateway.serving import get_state, resolve_model, start_request
 
 router = APIRouter()
 
@@ -19,8 +19,7 @@ async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckRe
     """Token counts come from the model's own tokenizer (the prompt as plain text, no chat
     template); `fits` is `tokenCount + max_tokens <= contextLength`, true when the context
     length is unknown."""
-    request_id = new_request_id("tokcheck")
-    request.state.request_id = request_id
+    request_id = start_request(request, "tokcheck")
     client = get_state(request).client
 
     async def check(index: int, item: TokenCheckItem) -> TokenCheckResult:

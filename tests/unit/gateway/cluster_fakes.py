@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointTarget, RoutingConfig
+from gateway.endpoints import EndpointPool, EndpointTarget, RoutingConfig
 from gateway.errors import UpstreamError, upstream_error
 from gateway.llm_client import EmbeddingResult, GenerationChunk, GenerationInput, ModelCard
 
@@ -141,7 +141,7 @@ def router(
     cluster: FakeCluster, config: RoutingConfig = QUIET, **kwargs: Any
 ) -> RoutedLLMClient:
     targets = [EndpointTarget(name) for name in cluster.servers]
-    return RoutedLLMClient(targets, cluster.factory, config, **kwargs)
+    return RoutedLLMClient(EndpointPool(targets, cluster.factory, config, **kwargs))
 
 
 def inp(model: str = "echo", request_id: str = "req") -> GenerationInput:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointTarget
+from gateway.endpoints import EndpointPool, EndpointTarget
 from gateway.errors import UpstreamError, upstream_error
 from tests.unit.gateway.cluster_fakes import (
     HANG,
@@ -60,7 +60,7 @@ def test_queue_metrics_count_as_load() -> None:
             return queues[url]
 
         targets = [EndpointTarget("a:1", 2), EndpointTarget("b:1", 2)]
-        client = RoutedLLMClient(targets, cluster.factory, QUIET, queue_probe=probe)
+        client = RoutedLLMClient(EndpointPool(targets, cluster.factory, QUIET, queue_probe=probe))
         texts = [await collect(client.generate(inp())) for _ in range(3)]
         await client.close()
         assert texts == ["from b:1"] * 3

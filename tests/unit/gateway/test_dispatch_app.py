@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from gateway.__main__ import build_client, parse_args, settings_from_args
 from gateway.app import create_app
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointCollector, EndpointTarget, RoutingConfig
+from gateway.endpoints import EndpointCollector, EndpointPool, EndpointTarget, RoutingConfig
 from gateway.settings import GatewaySettings
 from tests.unit.gateway.cluster_fakes import FakeCluster, FakeServer, chunk, unavailable
 from tests.unit.gateway.fakes import sse_events
@@ -27,7 +27,7 @@ def cluster() -> FakeCluster:
 @pytest.fixture
 def http(cluster: FakeCluster) -> Iterator[TestClient]:
     router = RoutedLLMClient(
-        [EndpointTarget(name) for name in cluster.servers], cluster.factory, CONFIG
+        EndpointPool([EndpointTarget(name) for name in cluster.servers], cluster.factory, CONFIG)
     )
     settings = GatewaySettings(triton_urls=list(cluster.servers), model_list_ttl_s=0)
     with TestClient(create_app(settings, router), raise_server_exceptions=False) as client:
@@ -77,7 +77,7 @@ def test_a_server_dying_mid_stream_ends_with_an_error_event(
 
 
 def test_endpoint_gauges(cluster: FakeCluster) -> None:
-    router = RoutedLLMClient([EndpointTarget("a:1"), EndpointTarget("b:1")], cluster.factory, CONFIG)
+    router = RoutedLLMClient(EndpointPool([EndpointTarget("a:1"), EndpointTarget("b:1")], cluster.factory, CONFIG))
     registry = CollectorRegistry()
     registry.register(EndpointCollector(router.pool))
     settings = GatewaySettings(triton_urls=["a:1", "b:1"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointTarget, RoutingConfig, parse_queue_metrics, split_host_port
+from gateway.endpoints import EndpointPool, EndpointTarget, RoutingConfig, parse_queue_metrics, split_host_port
 from gateway.errors import UpstreamError
 from tests.unit.gateway.cluster_fakes import (
     HANG,
@@ -135,10 +135,12 @@ def test_dns_targets_follow_the_resolved_addresses() -> None:
             return answers[-1]
 
         client = RoutedLLMClient(
-            [EndpointTarget("dns:///triton-headless:8001", 8002)],
-            cluster.factory,
-            QUIET,
-            resolver=resolver,
+            EndpointPool(
+                [EndpointTarget("dns:///triton-headless:8001", 8002)],
+                cluster.factory,
+                QUIET,
+                resolver=resolver,
+            )
         )
         await client.pool.start()
         assert ready_names(client) == ["10.0.0.1:8001", "10.0.0.2:8001"]
@@ -162,7 +164,7 @@ def test_a_retired_address_drains_before_it_is_dropped() -> None:
             return answers[-1]
 
         client = RoutedLLMClient(
-            [EndpointTarget("dns:///svc:8001")], cluster.factory, QUIET, resolver=resolver
+            EndpointPool([EndpointTarget("dns:///svc:8001")], cluster.factory, QUIET, resolver=resolver)
         )
         stream = client.generate(inp())
         await anext(stream)
@@ -187,4 +189,4 @@ def test_split_host_port() -> None:
 
 def test_a_target_without_a_port_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
-        RoutedLLMClient([EndpointTarget("triton")], FakeCluster().factory)
+        EndpointPool([EndpointTarget("triton")], FakeCluster().factory)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.llm_client import GenerationInput, SamplingParams
 from gateway.errors import UpstreamError
-from gateway.llm_client import TokenLogprob, TopLogprob
+from gateway.llm_client import GenerationInput, SamplingParams, TokenLogprob, TopLogprob
 from gateway.triton_client import (
     OUTPUTS,
     TritonModel,

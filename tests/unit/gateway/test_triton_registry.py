@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from gateway.dispatch import RoutedLLMClient
-from gateway.endpoints import EndpointTarget
+from gateway.endpoints import EndpointPool, EndpointTarget
 from gateway.triton_registry import TritonRegistry
 from tests.unit.gateway.cluster_fakes import QUIET, FakeClock, FakeCluster, FakeServer, collect, inp, ready_names, run
 
 
 def make(cluster: FakeCluster) -> RoutedLLMClient:
-    return RoutedLLMClient([EndpointTarget("a:1")], cluster.factory, QUIET)
+    return RoutedLLMClient(EndpointPool([EndpointTarget("a:1")], cluster.factory, QUIET))
 
 
 def test_added_server_takes_requests_at_once_and_leaves_when_removed() -> None:
