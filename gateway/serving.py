@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+import chatllm_wire as wire
 from chatllm_wire import StructuredOutput
 from gateway import sse
 from gateway.disconnect import race_disconnect
@@ -54,14 +55,36 @@ def new_request_id(prefix: str) -> str:
 
 async def resolve_model(request: Request, name: str, kind: ModelKind) -> ModelCard:
     """The card of a served name; 404 when unknown, 400 when it serves something else."""
-    card = await get_state(request).registry.resolve(name)
-    if card.kind != kind:
-        if card.kind == "embed":
-            message = f"`{name}` is an embedding model: use /v1/embeddings"
-        else:
-            message = f"`{name}` is not an embedding model"
-        raise InvalidRequestError(message, param="model")
-    return card
+    return check_kind(await get_state(request).registry.resolve(name), kind)
+
+
+def check_kind(card: ModelCard, kind: ModelKind) -> ModelCard:
+    """`card`, or a 400 when it serves something other than `kind`."""
+    if card.kind == kind:
+        return card
+    if card.kind == "embed":
+        message = f"`{card.id}` is an embedding model: use /v1/embeddings"
+    else:
+        message = f"`{card.id}` is not an embedding model"
+    raise InvalidRequestError(message, param="model")
+
+
+_INPUT_REFUSALS = {
+    wire.RETURN_LOGPROBS: ("logprobs", "model `{model}` does not return logprobs"),
+    wire.TOOLS: (wire.TOOLS, "model `{model}` does not take tools"),
+    wire.CHAT_TEMPLATE_KWARGS: (wire.CHAT_TEMPLATE_KWARGS, "model `{model}` does not take chat_template_kwargs"),
+    wire.COUNT_TOKENS_ONLY: ("model", "model `{model}` cannot count tokens"),
+}
+"""Optional input -> (the request field to blame, the message) when a model lacks it."""
+
+
+def check_inputs(card: ModelCard, *needed: str | None) -> None:
+    """A 400 naming the field when the model does not take one of the `needed` inputs
+    (chatllm_wire names; None entries are skipped, for inputs a request does not use)."""
+    for name in needed:
+        if name is not None and not card.takes(name):
+            param, message = _INPUT_REFUSALS[name]
+            raise InvalidRequestError(message.format(model=card.triton_model), param=param)
 
 
 def sampling_params(

@@ -31,7 +31,7 @@ from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferReques
 from tritonclient.utils import InferenceServerException
 
 import chatllm_wire as wire
-from gateway.errors import InvalidRequestError, UpstreamError, upstream_error
+from gateway.errors import ModelNotFoundError, UpstreamError, upstream_error
 from gateway.llm_client import (
     EmbeddingResult,
     GenerationChunk,
@@ -75,11 +75,21 @@ class TritonModel:
     """chatllm's `engine` parameter ("ours" when unset); None for other backends."""
 
     def cards(self) -> list[ModelCard]:
+        """One card per served name: the name, then its aliases."""
         names = dict.fromkeys((self.name, *self.aliases))
         return [
-            ModelCard(n, self.name, self.context_length, self.kind, capacity=self.capacity,
-                      tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser,
-                      conv_template=self.conv_template, engine=self.engine)
+            ModelCard(
+                n,
+                self.name,
+                self.context_length,
+                self.kind,
+                capacity=self.capacity,
+                tool_call_parser=self.tool_call_parser,
+                reasoning_parser=self.reasoning_parser,
+                conv_template=self.conv_template,
+                engine=self.engine,
+                inputs=self.inputs,
+            )
             for n in names
         ]
 
@@ -346,19 +356,19 @@ class TritonLLMClient:
             raise error from None
         return parse_model_config(name, config.get("config", {}))
 
-    async def _model(self, name: str, kind: ModelKind) -> TritonModel:
+    async def _layout(self, name: str) -> TritonModel:
+        """How to shape requests for `name` on this server (batch dimension, batch size).
+
+        Whether the model exists, what it serves and which inputs it takes is the caller's
+        business (the registry's `ModelCard`): this only reads the config it needs, from the
+        last model list, or from the server for a model not listed yet.
+        """
         model = self._models.get(name)
         if model is None:
             model = await self._fetch_model(name)
             if model is None:
-                raise InvalidRequestError(
-                    f"model `{name}` is neither a decoupled LLM nor an embedding model",
-                    param="model",
-                )
+                raise ModelNotFoundError(name)
             self._models[name] = model
-        if model.kind != kind:
-            what = "text generation" if kind == "generate" else "embeddings"
-            raise InvalidRequestError(f"model `{name}` does not serve {what}", param="model")
         return model
 
     async def _responses(
@@ -395,14 +405,7 @@ class TritonLLMClient:
 
     async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
         """Stream one generation; closing the iterator cancels the gRPC stream."""
-        model = await self._model(inp.model, "generate")
-        if inp.sampling.logprobs is not None and wire.RETURN_LOGPROBS not in model.inputs:
-            raise InvalidRequestError(
-                f"model `{inp.model}` does not return logprobs", param="logprobs"
-            )
-        for name, value in ((wire.TOOLS, inp.tools), (wire.CHAT_TEMPLATE_KWARGS, inp.chat_template_kwargs)):
-            if value and name not in model.inputs:
-                raise InvalidRequestError(f"model `{inp.model}` does not take {name}", param=name)
+        model = await self._layout(inp.model)
         request = build_request(inp, batched=model.batched)
         finish_reason: str | None = None
         async with aclosing(self._responses(request)) as responses:
@@ -427,9 +430,7 @@ class TritonLLMClient:
                     )
 
     async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
-        triton_model = await self._model(model, "generate")
-        if wire.COUNT_TOKENS_ONLY not in triton_model.inputs:
-            raise InvalidRequestError(f"model `{model}` cannot count tokens", param="model")
+        triton_model = await self._layout(model)
         request = build_count_request(model, prompt, request_id, batched=triton_model.batched)
         count: int | None = None
         async with aclosing(self._responses(request)) as responses:
@@ -445,7 +446,7 @@ class TritonLLMClient:
     ) -> EmbeddingResult:
         """One Triton request per `max_batch_size` texts, all sent at once (Triton batches
         them further with other clients' requests)."""
-        triton_model = await self._model(model, "embed")
+        triton_model = await self._layout(model)
         size = max(triton_model.max_batch_size, 1)
         parts = await asyncio.gather(
             *(

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
 from gateway.llm_client import GenerationInput, TokenLogprob
@@ -30,6 +31,7 @@ from gateway.protocol import (
 )
 from gateway.reasoning import ReasoningStream, split_reasoning
 from gateway.serving import (
+    check_inputs,
     collect_choices,
     for_choice,
     get_state,
@@ -106,6 +108,12 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
             "tool_choice required or a named function cannot be combined with a structured output",
             param="tool_choice",
         )
+    check_inputs(
+        card,
+        wire.RETURN_LOGPROBS if _top_count(body) is not None else None,
+        wire.TOOLS if plan.tools else None,
+        wire.CHAT_TEMPLATE_KWARGS if body.chat_template_kwargs else None,
+    )
     messages = tuple(_message(m) for m in body.messages)
     sampling = sampling_params(
         body, body.effective_max_tokens(), _top_count(body), plan.constraint or structure

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
 from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
 from gateway.llm_client import GenerationInput, TokenLogprob
@@ -20,6 +21,7 @@ from gateway.protocol import (
     CompletionResponse,
 )
 from gateway.serving import (
+    check_inputs,
     collect_choices,
     for_choice,
     get_state,
@@ -47,6 +49,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         raise InvalidRequestError("suffix is not supported", param="suffix")
     state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
+    check_inputs(card, wire.RETURN_LOGPROBS if body.logprobs is not None else None)
     prompts = body.prompts()
     sampling = sampling_params(body, body.max_tokens, body.logprobs, requested_structure(body))
     usage = UsageCounter()

@@ -24,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+import chatllm_wire as wire
 from gateway.dispatch import RoutedLLMClient
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.fastchat_conv import conversation_template
@@ -47,7 +48,7 @@ from gateway.fastchat_workers import FastChatWorkers
 from gateway.generation import UsageCounter, stream_choice
 from gateway.llm_client import GenerationInput, ModelCard, SamplingParams, TokenLogprob
 from gateway.routers.completions import completion_logprobs
-from gateway.serving import get_state, new_request_id
+from gateway.serving import check_inputs, check_kind, get_state, new_request_id
 from gateway.triton_registry import TritonRegistry
 
 logger = logging.getLogger(__name__)
@@ -254,9 +255,7 @@ async def worker_generate(request: Request) -> JSONResponse:
 async def worker_get_embeddings(request: Request) -> JSONResponse:
     try:
         body = await _parse(request, EmbeddingParams)
-        card = await get_state(request).registry.resolve(body.model)
-        if card.kind != "embed":
-            raise InvalidRequestError(f"`{body.model}` is not an embedding model", "model")
+        card = check_kind(await get_state(request).registry.resolve(body.model), "embed")
         texts = [body.input] if isinstance(body.input, str) else body.input
         result = await get_state(request).client.embed(
             card.triton_model, texts, new_request_id("fcemb")
@@ -273,7 +272,8 @@ async def worker_get_embeddings(request: Request) -> JSONResponse:
 async def count_token(request: Request) -> JSONResponse:
     try:
         body = await _parse(request, CountTokenRequest)
-        card = await get_state(request).registry.resolve(body.model)
+        card = check_kind(await get_state(request).registry.resolve(body.model), "generate")
+        check_inputs(card, wire.COUNT_TOKENS_ONLY)
         count = await get_state(request).client.count_tokens(
             card.triton_model, body.prompt, new_request_id("fccount")
         )
@@ -372,8 +372,8 @@ async def _frames(
             async for raw in _pass_through(worker, params.model_dump(exclude_unset=True)):
                 yield raw
             return
-        if card.kind != "generate":
-            raise InvalidRequestError(f"`{params.model}` is an embedding model", "model")
+        check_kind(card, "generate")
+        check_inputs(card, wire.RETURN_LOGPROBS if params.logprobs is not None else None)
         logger.info("request %s: FastChat worker call on %s", request_id, card.triton_model)
         inp = GenerationInput(
             model=card.triton_model,

@@ -6,10 +6,11 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
+import chatllm_wire as wire
 from gateway.disconnect import race_disconnect
 from gateway.errors import GatewayError
 from gateway.protocol import TokenCheckItem, TokenCheckRequest, TokenCheckResponse, TokenCheckResult
-from gateway.serving import get_state, resolve_model, start_request
+from gateway.serving import check_inputs, get_state, resolve_model, start_request
 
 router = APIRouter()
 
@@ -25,6 +26,7 @@ async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckRe
     async def check(index: int, item: TokenCheckItem) -> TokenCheckResult:
         try:
             card = await resolve_model(request, item.model, "generate")
+            check_inputs(card, wire.COUNT_TOKENS_ONLY)
             count = await client.count_tokens(
                 card.triton_model, item.prompt, f"{request_id}-{index}"
             )
