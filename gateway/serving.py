@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +21,7 @@ from gateway.errors import InvalidRequestError, UpstreamError
 from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams, TokenLogprob
 from gateway.model_registry import ModelRegistry
-from gateway.protocol import SamplingRequest, UsageInfo
+from gateway.protocol import UsageInfo
 from gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,29 @@ def check_inputs(card: ModelCard, *needed: str | None) -> None:
             raise InvalidRequestError(message.format(model=card.triton_model), param=param)
 
 
+class SamplingFields(Protocol):
+    """The sampling fields OpenAI's requests (`SamplingRequest`) and FastChat's worker requests
+    (`WorkerGenerateParams`) share."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    repetition_penalty: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    seed: int | None
+
+    def stop_strings(self) -> tuple[str, ...]: ...
+
+
 def sampling_params(
-    body: SamplingRequest,
+    body: SamplingFields,
     max_tokens: int | None,
     logprobs: int | None = None,
     structured: StructuredOutput | None = None,
+    *,
+    ignore_eos: bool = False,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> SamplingParams:
     """The request's sampling fields; `top_k` of -1 or 0 means disabled (left out).
 
@@ -109,9 +128,10 @@ def sampling_params(
         frequency_penalty=body.frequency_penalty,
         seed=body.seed,
         stop=body.stop_strings(),
-        ignore_eos=body.ignore_eos,
+        ignore_eos=ignore_eos,
         logprobs=logprobs,
         structured_outputs=structured,
+        stop_token_ids=stop_token_ids,
     )
 
 

@@ -116,7 +116,11 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     )
     messages = tuple(_message(m) for m in body.messages)
     sampling = sampling_params(
-        body, body.effective_max_tokens(), _top_count(body), plan.constraint or structure
+        body,
+        body.effective_max_tokens(),
+        _top_count(body),
+        plan.constraint or structure,
+        ignore_eos=body.ignore_eos,
     )
     usage = UsageCounter()
     choices = [

@@ -51,7 +51,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     card = await resolve_model(request, body.model, "generate")
     check_inputs(card, wire.RETURN_LOGPROBS if body.logprobs is not None else None)
     prompts = body.prompts()
-    sampling = sampling_params(body, body.max_tokens, body.logprobs, requested_structure(body))
+    sampling = sampling_params(
+        body, body.max_tokens, body.logprobs, requested_structure(body), ignore_eos=body.ignore_eos
+    )
     usage = UsageCounter()
     # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
     choices = [

@@ -46,9 +46,9 @@ from gateway.fastchat_protocol import (
 )
 from gateway.fastchat_workers import FastChatWorkers
 from gateway.generation import UsageCounter, stream_choice
-from gateway.llm_client import GenerationInput, ModelCard, SamplingParams, TokenLogprob
+from gateway.llm_client import GenerationInput, ModelCard, TokenLogprob
 from gateway.routers.completions import completion_logprobs
-from gateway.serving import check_inputs, check_kind, get_state, new_request_id
+from gateway.serving import check_inputs, check_kind, get_state, new_request_id, sampling_params
 from gateway.triton_registry import TritonRegistry
 
 logger = logging.getLogger(__name__)
@@ -143,14 +143,7 @@ async def register_worker(request: Request) -> None:
     status = body.worker_status or await _fetch_worker_status(body.worker_name)
     if status is None:
         return
-    _fastchat(request).workers.register(
-        body.worker_name,
-        status.model_names,
-        speed=status.speed,
-        queue_length=status.queue_length,
-        check_heart_beat=body.check_heart_beat,
-        multimodal=body.multimodal,
-    )
+    _register(_fastchat(request).workers, body.worker_name, status, body.check_heart_beat, body.multimodal)
 
 
 @router.post("/refresh_all_workers")
@@ -162,14 +155,20 @@ async def refresh_all_workers(request: Request) -> None:
         if status is None:
             workers.remove(name)
             continue
-        workers.register(
-            name,
-            status.model_names,
-            speed=status.speed,
-            queue_length=status.queue_length,
-            check_heart_beat=info.check_heart_beat,
-            multimodal=info.multimodal,
-        )
+        _register(workers, name, status, info.check_heart_beat, info.multimodal)
+
+
+def _register(
+    workers: FastChatWorkers, name: str, status: WorkerStatus, check_heart_beat: bool, multimodal: bool
+) -> None:
+    workers.register(
+        name,
+        status.model_names,
+        speed=status.speed,
+        queue_length=status.queue_length,
+        check_heart_beat=check_heart_beat,
+        multimodal=multimodal,
+    )
 
 
 @router.post("/list_models")
@@ -330,24 +329,6 @@ def _tritons(request: Request) -> TritonRegistry:
 # ---- generation ---------------------------------------------------------------------
 
 
-def sampling_of(params: WorkerGenerateParams) -> SamplingParams:
-    """FastChat's sampling fields as ours; top_k of -1 or 0 means disabled."""
-    top_k = params.top_k if params.top_k is not None and params.top_k > 0 else None
-    return SamplingParams(
-        max_tokens=params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=top_k,
-        repetition_penalty=params.repetition_penalty,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        seed=params.seed,
-        stop=params.stop_strings(),
-        logprobs=params.logprobs,
-        stop_token_ids=tuple(params.stop_token_ids or ()),
-    )
-
-
 async def _read_generate(request: Request) -> WorkerGenerateParams | GatewayError:
     try:
         return await _parse(request, WorkerGenerateParams)
@@ -378,7 +359,12 @@ async def _frames(
         inp = GenerationInput(
             model=card.triton_model,
             prompt=params.prompt,
-            sampling=sampling_of(params),
+            sampling=sampling_params(
+                params,
+                params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                params.logprobs,
+                stop_token_ids=tuple(params.stop_token_ids or ()),
+            ),
             request_id=request_id,
         )
         async for payload in _generation(get_state(request).client, inp, params):
