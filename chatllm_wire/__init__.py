@@ -109,19 +109,20 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WireError(f"{self.name} must be a number", self.name)
+        number: int | float
         if self.kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise WireError(f"{self.name} must be an integer", self.name)
-            value = int(value)
+            number = int(value)
         else:
-            value = float(value)
-            if math.isnan(value) or math.isinf(value):
+            number = float(value)
+            if math.isnan(number) or math.isinf(number):
                 raise WireError(f"{self.name} must be a finite number", self.name)
-        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        too_high = self.high is not None and value > self.high
+        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        too_high = self.high is not None and number > self.high
         if too_low or too_high:
-            raise WireError(f"{self.name} {self.rule()}, got {value}", self.name)
-        return value
+            raise WireError(f"{self.name} {self.rule()}, got {number}", self.name)
+        return number
 
     def rule(self) -> str:
         def show(x: float) -> str:
@@ -381,7 +382,7 @@ def check_sampling(values: Mapping[str, Any]) -> WireSampling:
     unknown = sorted(set(values) - SAMPLING_KEYS)
     if unknown:
         raise WireError(f"unknown sampling parameter(s): {', '.join(unknown)}", unknown[0])
-    scalars = {name: SAMPLING_PARAMS[name].check(v) for name, v in values.items()
+    scalars: dict[str, Any] = {name: SAMPLING_PARAMS[name].check(v) for name, v in values.items()
                if name in SAMPLING_PARAMS and v is not None}
     stop_token_ids = values.get("stop_token_ids") or ()
     if not isinstance(stop_token_ids, (list, tuple)) or not all(

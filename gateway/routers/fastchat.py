@@ -116,7 +116,7 @@ async def _triton_cards(request: Request) -> list[ModelCard]:
     """Our served names; none (logged) while Triton cannot be asked, so registered FastChat
     workers are still listed."""
     try:
-        return await get_state(request).registry.list()
+        return await get_state(request).registry.cards()
     except GatewayError as exc:
         logger.warning("FastChat model list without Triton's models: %s", exc.message)
         return []

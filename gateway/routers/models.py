@@ -28,7 +28,7 @@ def _model_object(card: ModelCard, created: int) -> ModelObject:
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     state = get_state(request)
-    cards = await state.registry.list()
+    cards = await state.registry.cards()
     return ModelList(data=[_model_object(card, state.created) for card in cards])
 
 

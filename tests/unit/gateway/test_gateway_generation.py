@@ -124,7 +124,7 @@ def test_registry_caches_for_ttl_then_refreshes() -> None:
     registry = ModelRegistry(fake, ttl_s=5.0, clock=clock)
 
     async def run() -> None:
-        await registry.list()
+        await registry.cards()
         clock.now += 4.9
         assert (await registry.resolve("echo-alias")).triton_model == "echo"
         assert fake.list_calls == 1
@@ -143,7 +143,7 @@ def test_registry_concurrent_misses_ask_once() -> None:
     registry = ModelRegistry(fake, ttl_s=5.0)
 
     async def run() -> None:
-        await asyncio.gather(*(registry.list() for _ in range(10)))
+        await asyncio.gather(*(registry.cards() for _ in range(10)))
 
     asyncio.run(run())
     assert fake.list_calls == 1
