@@ -370,7 +370,7 @@ class EndpointPool:
                     endpoint.queued = await asyncio.wait_for(
                         self._queue_probe(endpoint.metrics_url), timeout
                     )
-                except Exception as exc:  # queue lengths only refine the choice
+                except Exception as exc:  # noqa: BLE001 - queue lengths only refine the choice
                     logger.debug("endpoint %s: no queue metrics: %s", endpoint.address, exc)
                     endpoint.queued = {}
         else:
@@ -378,7 +378,7 @@ class EndpointPool:
             try:
                 await asyncio.wait_for(client.list_models(), timeout)
                 reachable = True
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever the failure, nobody answered
                 reachable = False
         if endpoint.client is not client:
             return  # replaced while we were probing; the next round judges the new one
@@ -405,7 +405,7 @@ class EndpointPool:
         old, endpoint.client = endpoint.client, self._factory(endpoint.address)
         try:
             await old.close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the new client is in place; the old one is gone either way
             logger.debug("endpoint %s: closing the old client: %s", endpoint.address, exc)
 
     def set_ready(self, endpoint: Endpoint, ready: bool, why: str) -> None:
@@ -449,7 +449,7 @@ def _metrics_url(address: str, port: int | None) -> str | None:
 async def _bounded(call: Awaitable[bool], timeout_s: float, default: bool) -> bool:
     try:
         return bool(await asyncio.wait_for(call, timeout_s))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe that fails in any way gives the default
         return default
 
 

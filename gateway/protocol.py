@@ -399,8 +399,9 @@ class TokenCheckRequest(BaseModel):
 
 class TokenCheckResult(BaseModel):
     fits: bool
-    tokenCount: int  # noqa: N815 - FastChat's field names
-    contextLength: int | None  # noqa: N815
+    token_count: int = Field(serialization_alias="tokenCount")
+    """FastChat's field names are camelCase."""
+    context_length: int | None = Field(serialization_alias="contextLength")
 
 
 class TokenCheckResponse(BaseModel):

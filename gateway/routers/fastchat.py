@@ -224,10 +224,9 @@ async def test_connection() -> PlainTextResponse:
 async def worker_get_status(request: Request) -> dict[str, Any]:
     """Every model we answer for; the queue is this gateway's requests in flight."""
     names = {card.id for card in await _triton_cards(request)}
-    queue_length = 0
-    for _, info in _fastchat(request).workers.items():
-        names |= set(info.model_names)
-        queue_length += info.queue_length
+    workers = [info for _, info in _fastchat(request).workers.items()]
+    names |= {name for info in workers for name in info.model_names}
+    queue_length = sum(info.queue_length for info in workers)
     client = get_state(request).client
     if isinstance(client, RoutedLLMClient):
         queue_length += sum(e.outstanding for e in client.pool.endpoints())
@@ -408,15 +407,17 @@ async def _generation(
 async def _pass_through(worker: str, body: Any) -> AsyncIterator[bytes]:
     """A registered FastChat worker's stream, object by object."""
     try:
-        async with httpx.AsyncClient(timeout=WORKER_STREAM_TIMEOUT_S) as http:
-            async with http.stream("POST", worker + "/worker_generate_stream", json=body) as resp:
-                buffer = b""
-                async for data in resp.aiter_bytes():
-                    buffer += data
-                    *frames, buffer = buffer.split(b"\0")
-                    for frame in frames:
-                        if frame:
-                            yield frame + b"\0"
+        async with (
+            httpx.AsyncClient(timeout=WORKER_STREAM_TIMEOUT_S) as http,
+            http.stream("POST", worker + "/worker_generate_stream", json=body) as resp,
+        ):
+            buffer = b""
+            async for data in resp.aiter_bytes():
+                buffer += data
+                *frames, buffer = buffer.split(b"\0")
+                for frame in frames:
+                    if frame:
+                        yield frame + b"\0"
     except httpx.HTTPError as exc:
         logger.warning("FastChat worker %s failed: %s", worker, exc)
         yield stream_frame(

@@ -37,8 +37,8 @@ async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckRe
         limit = card.context_length
         return TokenCheckResult(
             fits=limit is None or count + item.max_tokens <= limit,
-            tokenCount=count,
-            contextLength=limit,
+            token_count=count,
+            context_length=limit,
         )
 
     results = await race_disconnect(
