@@ -157,11 +157,6 @@ def _code_from_message(message: str, *, specific: bool) -> str | None:
     return None
 
 
-def strip_code_prefix(message: str) -> tuple[str | None, str]:
-    """Split `"[INVALID_ARG] text"` into `("INVALID_ARG", "text")` (chatllm_wire's convention)."""
-    return split_error(message)
-
-
 def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamError:
     """Map an upstream failure to the HTTP error shown to clients.
 
@@ -171,7 +166,7 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         grpc_status: `InferenceServerException.status()` or a `grpc.StatusCode` name,
             when the failure had a gRPC status (stream errors do not).
     """
-    bracket_code, text = strip_code_prefix(_REQUEST_ID_PREFIX.sub("", message))
+    bracket_code, text = split_error(_REQUEST_ID_PREFIX.sub("", message))
     status_code = _code_from_status(grpc_status)
     if is_overload_message(text):
         # Being full is not being down: a 429 the client may retry, never a reason to take

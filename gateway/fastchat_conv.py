@@ -65,10 +65,6 @@ _TEMPLATES: dict[str, ConvTemplate] = {
 }
 
 
-def known_templates() -> tuple[str, ...]:
-    return tuple(_TEMPLATES)
-
-
 def conversation_template(name: str) -> dict[str, Any]:
     """The named template as FastChat's `Conversation` JSON (ChatML when `name` is empty or
     unknown), with no messages yet."""

@@ -38,7 +38,6 @@ from gateway.llm_client import (
     GenerationInput,
     ModelCard,
     ModelKind,
-    SamplingParams,
     TokenLogprob,
     TopLogprob,
 )
@@ -156,11 +155,6 @@ def _capacity(name: str, config: dict[str, Any], seqs: str, queued: str) -> int 
     return per_instance * instances
 
 
-def sampling_json(sampling: SamplingParams) -> str:
-    """The `sampling_parameters` tensor: only the fields that are set (chatllm_wire)."""
-    return sampling.to_json()
-
-
 def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelInferRequest:
     """The `ModelInferRequest` for one generation (vllm_backend-compatible tensors)."""
     request = service_pb2.ModelInferRequest(model_name=inp.model, id=inp.request_id)
@@ -184,7 +178,7 @@ def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelIn
     if inp.chat_template_kwargs:
         add(wire.CHAT_TEMPLATE_KWARGS, json.dumps(inp.chat_template_kwargs, ensure_ascii=False))
     add(wire.STREAM, True)
-    add(wire.SAMPLING_PARAMETERS, sampling_json(inp.sampling))
+    add(wire.SAMPLING_PARAMETERS, inp.sampling.to_json())
     add(wire.EXCLUDE_INPUT_IN_OUTPUT, True)
     add(wire.RETURN_FINISH_REASON, True)
     add(wire.RETURN_NUM_INPUT_TOKENS, True)

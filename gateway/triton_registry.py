@@ -47,9 +47,6 @@ class TritonRegistry:
         self._servers: dict[str, _Registration] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def addresses(self) -> list[str]:
-        return list(self._servers)
-
     async def beat(self, address: str, interval_s: float) -> bool:
         """Register or refresh `address`; True when it is new (now added to the pool)."""
         known = self._servers.get(address)

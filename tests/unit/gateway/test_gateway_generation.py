@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from gateway.errors import ModelNotFoundError, UpstreamError, strip_code_prefix, upstream_error
+from gateway.errors import ModelNotFoundError, UpstreamError, upstream_error
 from gateway.generation import StopStringFilter, merge
 from gateway.llm_client import ModelCard
 from gateway.model_registry import ModelRegistry
@@ -182,6 +182,6 @@ def test_tritons_queue_full_message_loses_its_request_id_prefix() -> None:
     assert error.headers == {"Retry-After": "1"}
 
 
-def test_strip_code_prefix() -> None:
-    assert strip_code_prefix("[INVALID_ARG] no FAIL") == ("INVALID_ARG", "no FAIL")
-    assert strip_code_prefix("plain") == (None, "plain")
+def test_the_code_prefix_is_stripped_from_what_users_see() -> None:
+    assert upstream_error("[INVALID_ARG] no FAIL").message == "no FAIL"
+    assert upstream_error("plain").message == "plain"

@@ -70,7 +70,8 @@ def test_beats_keep_a_server_and_silence_drops_it_within_two_intervals() -> None
         clock.now += 0.2  # 1.5 intervals of silence
         assert await registry.expire() == ["b:1"]
         assert pool.events == [("add", "b:1"), ("remove", "b:1")]
-        assert registry.addresses() == []
+        assert await registry.beat("b:1", 2.0) is True  # forgotten: its next beat registers again
+        assert pool.events[-1] == ("add", "b:1")
         await registry.close()
 
     run(test)
