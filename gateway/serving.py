@@ -18,8 +18,8 @@ from chatllm_wire import StructuredOutput
 from gateway import sse
 from gateway.disconnect import race_disconnect
 from gateway.errors import InvalidRequestError, UpstreamError
-from gateway.generation import ChoiceDelta, UsageCounter
-from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams, TokenLogprob
+from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.llm_client import GenerationInput, LLMClient, ModelCard, ModelKind, SamplingParams, TokenLogprob
 from gateway.model_registry import ModelRegistry
 from gateway.protocol import UsageInfo
 from gateway.settings import GatewaySettings
@@ -204,15 +204,26 @@ async def respond(
     request: Request,
     request_id: str,
     stream: bool,
-    events: AsyncGenerator[ChoiceDelta, None],
-    chunks: Callable[[AsyncGenerator[ChoiceDelta, None]], AsyncGenerator[BaseModel, None]],
-    collect: Callable[[AsyncIterator[ChoiceDelta]], Awaitable[BaseModel]],
+    prompts: Sequence[Sequence[GenerationInput]],
+    chunks: Callable[[AsyncGenerator[ChoiceDelta, None], UsageCounter], AsyncGenerator[BaseModel, None]],
+    collect: Callable[[AsyncIterator[ChoiceDelta], UsageCounter], Awaitable[BaseModel]],
 ) -> Response:
-    """The answer to a generation request: an event stream of `chunks(deltas)` (answered 200
-    only once the first delta is there), or the JSON body `collect(events)` makes."""
+    """Run the generations of one request and answer it.
+
+    `prompts` holds the choices of each prompt (a prompt's tokens count once in the usage);
+    choice `i` is the `i`-th input over all of them. The answer is an event stream of
+    `chunks(deltas, usage)` (a 200 only once the first delta is there), or the JSON body
+    `collect(deltas, usage)` makes.
+    """
+    client = get_state(request).client
+    usage = UsageCounter()
+    inputs = [(group, inp) for group, choices in enumerate(prompts) for inp in choices]
+    events = merge(
+        [stream_choice(client, i, inp, usage, prompt_group=group) for i, (group, inp) in enumerate(inputs)]
+    )
     if stream:
         first = await first_delta(request, events)
         generation = prepend(first, events)
-        return sse.response(sse.events(chunks(generation), request_id, generation))
-    result = await race_disconnect(request, collect(events))
+        return sse.response(sse.events(chunks(generation, usage), request_id, generation))
+    result = await race_disconnect(request, collect(events, usage))
     return JSONResponse(result.model_dump())

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
-from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     ChatChoice,
@@ -34,7 +34,6 @@ from gateway.serving import (
     check_inputs,
     collect_choices,
     for_choice,
-    get_state,
     resolve_model,
     respond,
     sampling_params,
@@ -100,7 +99,6 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
     request_id = start_request(request, "chatcmpl")
     _reject_unsupported(body)
     structure = requested_structure(body)
-    state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
     plan = plan_tools(body, card.tool_call_parser)
     if plan.constraint is not None and structure is not None:
@@ -122,21 +120,15 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
         plan.constraint or structure,
         ignore_eos=body.ignore_eos,
     )
-    usage = UsageCounter()
     choices = [
-        stream_choice(
-            state.client,
-            i,
-            GenerationInput(
-                model=card.triton_model,
-                messages=messages,
-                sampling=for_choice(sampling, i),
-                request_id=f"{request_id}-{i}",
-                replayable=not body.stream,
-                tools=plan.tools or None,
-                chat_template_kwargs=body.chat_template_kwargs,
-            ),
-            usage,
+        GenerationInput(
+            model=card.triton_model,
+            messages=messages,
+            sampling=for_choice(sampling, i),
+            request_id=f"{request_id}-{i}",
+            replayable=not body.stream,
+            tools=plan.tools or None,
+            chat_template_kwargs=body.chat_template_kwargs,
         )
         for i in range(body.n)
     ]
@@ -146,9 +138,9 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
         request,
         request_id,
         body.stream,
-        merge(choices),
-        lambda deltas: _chunks(body, plan, thinks, request_id, deltas, usage),
-        lambda deltas: _collect(body, plan, thinks, request_id, deltas, usage),
+        [choices],
+        lambda deltas, usage: _chunks(body, plan, thinks, request_id, deltas, usage),
+        lambda deltas, usage: _collect(body, plan, thinks, request_id, deltas, usage),
     )
 
 

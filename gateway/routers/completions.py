@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
-from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     CompletionChoice,
@@ -24,7 +24,6 @@ from gateway.serving import (
     check_inputs,
     collect_choices,
     for_choice,
-    get_state,
     resolve_model,
     respond,
     sampling_params,
@@ -47,31 +46,25 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         )
     if body.suffix:
         raise InvalidRequestError("suffix is not supported", param="suffix")
-    state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
     check_inputs(card, wire.RETURN_LOGPROBS if body.logprobs is not None else None)
     prompts = body.prompts()
     sampling = sampling_params(
         body, body.max_tokens, body.logprobs, requested_structure(body), ignore_eos=body.ignore_eos
     )
-    usage = UsageCounter()
     # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
     choices = [
-        stream_choice(
-            state.client,
-            p * body.n + j,
+        [
             GenerationInput(
                 model=card.triton_model,
                 prompt=prompt,
                 sampling=for_choice(sampling, j),
                 request_id=f"{request_id}-{p * body.n + j}",
                 replayable=not body.stream,
-            ),
-            usage,
-            prompt_group=p,
-        )
+            )
+            for j in range(body.n)
+        ]
         for p, prompt in enumerate(prompts)
-        for j in range(body.n)
     ]
     logger.info(
         "request %s: completion on %s, %d prompt(s), n=%d",
@@ -84,9 +77,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         request,
         request_id,
         body.stream,
-        merge(choices),
-        lambda deltas: _chunks(body, request_id, deltas, usage),
-        lambda deltas: _collect(body, request_id, deltas, usage),
+        choices,
+        lambda deltas, usage: _chunks(body, request_id, deltas, usage),
+        lambda deltas, usage: _collect(body, request_id, deltas, usage),
     )
 
 
