@@ -43,15 +43,15 @@ def get_state(request: Request) -> GatewayState:
     return state
 
 
-def start_request(request: Request, prefix: str) -> str:
-    """A new request id (`prefix-<hex>`), kept on the request for the error handlers' logs."""
-    request_id = f"{prefix}-{uuid.uuid4().hex}"
-    request.state.request_id = request_id
-    return request_id
-
-
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def start_request(request: Request, prefix: str) -> str:
+    """A new request id, kept on the request for the error handlers' log lines."""
+    request_id = new_request_id(prefix)
+    request.state.request_id = request_id
+    return request_id
 
 
 async def resolve_model(request: Request, name: str, kind: ModelKind) -> ModelCard:

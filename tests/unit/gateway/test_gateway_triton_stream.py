@@ -171,7 +171,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         """The embedder: each text becomes [its length, its batch size]; "busy" is refused
         as Triton refuses a request when the queue is full."""
         self.infer_requests.append(request)
-        (tensor,) = request.inputs
+        (_tensor,) = request.inputs  # exactly one input
         raw = request.raw_input_contents[0]
         texts, offset = [], 0
         while offset < len(raw):
