@@ -14,11 +14,12 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
-from gateway.routing import (
+from gateway.dispatch import RoutedLLMClient
+from gateway.endpoints import (
+    EndpointCollector,
+    EndpointPool,
     EndpointTarget,
     HttpQueueProbe,
-    RoutedLLMClient,
-    RoutingCollector,
     RoutingConfig,
 )
 from gateway.settings import GatewaySettings
@@ -105,7 +106,7 @@ def build_client(settings: GatewaySettings) -> RoutedLLMClient:
         return TritonLLMClient(address, request_timeout_s=settings.request_timeout_s)
 
     probe = HttpQueueProbe(settings.health_check_timeout_s) if ports else None
-    return RoutedLLMClient(targets, endpoint_client, config, queue_probe=probe)
+    return RoutedLLMClient(EndpointPool(targets, endpoint_client, config, queue_probe=probe))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     client = build_client(settings)
     registry = CollectorRegistry()
-    registry.register(RoutingCollector(client))
+    registry.register(EndpointCollector(client.pool))
     app = create_app(settings, client, registry)
     logger.info(
         "gateway on http://%s:%d, Triton at %s, auth %s",

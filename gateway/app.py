@@ -12,21 +12,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.body_limit import BodySizeLimitMiddleware
-from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError
+from gateway.disconnect import ClientDisconnected
+from gateway.errors import AuthenticationError, GatewayError, InvalidRequestError, error_response
 from gateway.llm_client import LLMClient
 from gateway.metrics import METRICS_PATH, install_metrics
 from gateway.model_registry import ModelRegistry
 from gateway.routers import chat, completions, embeddings, fastchat, models, tokens, webui
 from gateway.serving import GatewayState
 from gateway.settings import GatewaySettings
-from gateway.streaming import ClientDisconnected
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +103,10 @@ class ApiKeyMiddleware:
                 if token
                 else "Missing API key (Authorization: Bearer <key>)."
             )
-            error = AuthenticationError(message)
-            response = JSONResponse(
-                error.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-            )
+            response = error_response(AuthenticationError(message), {"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
-
-
-def _error_response(error: GatewayError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers)
 
 
 def _param_path(error: Any) -> list[str]:
@@ -164,19 +157,18 @@ def _add_exception_handlers(app: FastAPI) -> None:
             exc.status_code,
             exc.message,
         )
-        return _error_response(exc)
+        return error_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         content_type = request.headers.get("content-type", "")
-        return _error_response(validation_error(exc, content_type))
+        return error_response(validation_error(exc, content_type))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         err_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
-        error = GatewayError(exc.status_code, str(exc.detail), err_type, code=code)
-        return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=exc.headers)
+        return error_response(GatewayError(exc.status_code, str(exc.detail), err_type, code=code), exc.headers)
 
     async def on_disconnect(request: Request, exc: Exception) -> Response:
         logger.info("request %s: client disconnected, generation cancelled", _request_id(request))
@@ -190,7 +182,7 @@ def _add_exception_handlers(app: FastAPI) -> None:
             request.url.path,
             exc_info=exc,
         )
-        return _error_response(GatewayError(500, "internal error", "server_error"))
+        return error_response(GatewayError(500, "internal error", "server_error"))
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -7,10 +7,9 @@ soon as it passes it. The body it read is replayed to the app, so nothing is par
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_response
 
 
 def too_large(limit: int) -> GatewayError:
@@ -56,11 +55,8 @@ class BodySizeLimitMiddleware:
         await self._app(scope, _replay(chunks, None, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = too_large(self._max)
         # Connection: close, so the server does not wait for the unread body.
-        response = JSONResponse(
-            error.to_dict(), status_code=413, headers={"Connection": "close"}
-        )
+        response = error_response(too_large(self._max), {"Connection": "close"})
         await response(scope, receive, send)
 
 

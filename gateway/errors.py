@@ -7,7 +7,10 @@ error JSON in a single exception handler.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from chatllm_wire import split_error
 
@@ -99,19 +102,6 @@ class UpstreamError(GatewayError):
         Triton): the request itself is fine and may run again on another server."""
         return self.status_code == 503
 
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        err_type: str,
-        *,
-        code: str | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(
-            status_code, message, err_type, code=code, retry_after_s=retry_after_s
-        )
-
 
 # Model errors carry their code in brackets; gRPC statuses arrive as "StatusCode.X".
 # CANCELLED reaches a client only when someone else cancelled its request (e.g. Triton
@@ -167,11 +157,6 @@ def _code_from_message(message: str, *, specific: bool) -> str | None:
     return None
 
 
-def strip_code_prefix(message: str) -> tuple[str | None, str]:
-    """Split `"[INVALID_ARG] text"` into `("INVALID_ARG", "text")` (chatllm_wire's convention)."""
-    return split_error(message)
-
-
 def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamError:
     """Map an upstream failure to the HTTP error shown to clients.
 
@@ -181,7 +166,7 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         grpc_status: `InferenceServerException.status()` or a `grpc.StatusCode` name,
             when the failure had a gRPC status (stream errors do not).
     """
-    bracket_code, text = strip_code_prefix(_REQUEST_ID_PREFIX.sub("", message))
+    bracket_code, text = split_error(_REQUEST_ID_PREFIX.sub("", message))
     status_code = _code_from_status(grpc_status)
     if is_overload_message(text):
         # Being full is not being down: a 429 the client may retry, never a reason to take
@@ -195,8 +180,19 @@ def upstream_error(message: str, grpc_status: str | None = None) -> UpstreamErro
         or (status_code if status_code in _BY_CODE else None)
         or _code_from_message(text, specific=False)
     )
-    status, err_type, err_code = _BY_CODE.get(code or "", _INTERNAL)
+    return status_error(code or "", text or "upstream error")
+
+
+def status_error(code: str, message: str) -> UpstreamError:
+    """The error for a status name of `_BY_CODE` (e.g. "UNAVAILABLE": 503 with Retry-After);
+    500 for any other name."""
+    status, err_type, err_code = _BY_CODE.get(code, _INTERNAL)
     retry = RETRY_AFTER_S if status in (429, 503) else None
-    return UpstreamError(
-        status, text or "upstream error", err_type, code=err_code, retry_after_s=retry
+    return UpstreamError(status, message, err_type, code=err_code, retry_after_s=retry)
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer for `error`: OpenAI's error JSON, its status, its headers plus `headers`."""
+    return JSONResponse(
+        error.to_dict(), status_code=error.status_code, headers={**error.headers, **(headers or {})}
     )

@@ -12,6 +12,7 @@ instruct models.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -27,70 +28,58 @@ class SeparatorStyle(IntEnum):
 DEFAULT_TEMPLATE = "chatml"
 
 
-def _conversation(
-    name: str,
-    *,
-    system_template: str,
-    system_message: str,
-    roles: tuple[str, str],
-    sep_style: SeparatorStyle,
-    sep: str,
-    sep2: str | None = None,
-    stop_str: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "system_template": system_template,
-        "system_message": system_message,
-        "roles": list(roles),
-        "messages": [],
-        "offset": 0,
-        "sep_style": int(sep_style),
-        "sep": sep,
-        "sep2": sep2,
-        "stop_str": stop_str,
-        "stop_token_ids": None,
-    }
+@dataclass(frozen=True)
+class ConvTemplate:
+    """The fields of FastChat's `Conversation` that differ between our templates."""
+
+    system_template: str
+    system_message: str
+    roles: tuple[str, str]
+    sep_style: SeparatorStyle
+    sep: str
+    sep2: str | None = None
+    stop_str: str | None = None
 
 
-_TEMPLATES: dict[str, dict[str, Any]] = {
-    "chatml": _conversation(
-        "chatml",
-        system_template="<|im_start|>system\n{system_message}",
-        system_message="You are a helpful assistant.",
-        roles=("<|im_start|>user", "<|im_start|>assistant"),
-        sep_style=SeparatorStyle.CHATML,
-        sep="<|im_end|>",
+_VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions."
+)
+
+_TEMPLATES: dict[str, ConvTemplate] = {
+    "chatml": ConvTemplate(
+        "<|im_start|>system\n{system_message}",
+        "You are a helpful assistant.",
+        ("<|im_start|>user", "<|im_start|>assistant"),
+        SeparatorStyle.CHATML,
+        "<|im_end|>",
         stop_str="<|im_end|>",
     ),
-    "vicuna_v1.1": _conversation(
-        "vicuna_v1.1",
-        system_template="{system_message}",
-        system_message="A chat between a curious user and an artificial intelligence "
-        "assistant. The assistant gives helpful, detailed, and polite answers to the user's "
-        "questions.",
-        roles=("USER", "ASSISTANT"),
-        sep_style=SeparatorStyle.ADD_COLON_TWO,
-        sep=" ",
-        sep2="</s>",
+    "vicuna_v1.1": ConvTemplate(
+        "{system_message}", _VICUNA_SYSTEM, ("USER", "ASSISTANT"), SeparatorStyle.ADD_COLON_TWO, " ", "</s>"
     ),
-    "llama-2": _conversation(
-        "llama-2",
-        system_template="[INST] <<SYS>>\n{system_message}\n<</SYS>>\n\n",
-        system_message="",
-        roles=("[INST]", "[/INST]"),
-        sep_style=SeparatorStyle.LLAMA2,
-        sep=" ",
-        sep2=" </s><s>",
+    "llama-2": ConvTemplate(
+        "[INST] <<SYS>>\n{system_message}\n<</SYS>>\n\n", "", ("[INST]", "[/INST]"), SeparatorStyle.LLAMA2, " ",
+        " </s><s>",
     ),
 }
 
 
-def known_templates() -> tuple[str, ...]:
-    return tuple(_TEMPLATES)
-
-
 def conversation_template(name: str) -> dict[str, Any]:
-    """A fresh copy of the named template (ChatML when `name` is empty or unknown)."""
-    template = _TEMPLATES.get(name or DEFAULT_TEMPLATE, _TEMPLATES[DEFAULT_TEMPLATE])
-    return {**template, "roles": list(template["roles"]), "messages": []}
+    """The named template as FastChat's `Conversation` JSON (ChatML when `name` is empty or
+    unknown), with no messages yet."""
+    key = name if name in _TEMPLATES else DEFAULT_TEMPLATE
+    template = _TEMPLATES[key]
+    return {
+        "name": key,
+        "system_template": template.system_template,
+        "system_message": template.system_message,
+        "roles": list(template.roles),
+        "messages": [],
+        "offset": 0,
+        "sep_style": int(template.sep_style),
+        "sep": template.sep,
+        "sep2": template.sep2,
+        "stop_str": template.stop_str,
+        "stop_token_ids": None,
+    }

@@ -36,23 +36,21 @@ class FastChatErrorCode(IntEnum):
     CONTROLLER_WORKER_TIMEOUT = 50006
 
 
+_CODE_BY_STATUS = {
+    401: FastChatErrorCode.INVALID_AUTH_KEY,
+    404: FastChatErrorCode.INVALID_MODEL,
+    400: FastChatErrorCode.PARAM_OUT_OF_RANGE,
+    429: FastChatErrorCode.ENGINE_OVERLOADED,
+    503: FastChatErrorCode.CONTROLLER_NO_WORKER,
+    504: FastChatErrorCode.CONTROLLER_WORKER_TIMEOUT,
+}
+
+
 def error_code_of(error: GatewayError) -> FastChatErrorCode:
     """The FastChat code for one of our HTTP errors."""
     if error.code == "context_length_exceeded" or "context length" in error.message.lower():
         return FastChatErrorCode.CONTEXT_OVERFLOW
-    if error.status_code == 401:
-        return FastChatErrorCode.INVALID_AUTH_KEY
-    if error.status_code == 404:
-        return FastChatErrorCode.INVALID_MODEL
-    if error.status_code == 400:
-        return FastChatErrorCode.PARAM_OUT_OF_RANGE
-    if error.status_code == 429:
-        return FastChatErrorCode.ENGINE_OVERLOADED
-    if error.status_code == 503:
-        return FastChatErrorCode.CONTROLLER_NO_WORKER
-    if error.status_code == 504:
-        return FastChatErrorCode.CONTROLLER_WORKER_TIMEOUT
-    return FastChatErrorCode.INTERNAL_ERROR
+    return _CODE_BY_STATUS.get(error.status_code, FastChatErrorCode.INTERNAL_ERROR)
 
 
 def stream_frame(payload: dict[str, Any]) -> bytes:

@@ -163,7 +163,7 @@ class _Pump(Generic[T]):
             async for item in self._stream:
                 self._queue.put_nowait(item)
             self._queue.put_nowait(_FINISHED)
-        except Exception as exc:  # handed to the consumer, which re-raises it
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             self._queue.put_nowait(_Failed(exc))
         finally:
             await _aclose(self._stream)

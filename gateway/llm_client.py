@@ -38,6 +38,14 @@ class ModelCard:
     config.pbtxt); empty: ChatML."""
     engine: str | None = None
     """What generates behind it, from its config: "ours", "fallback" or "vllm" (chatllm models)."""
+    inputs: frozenset[str] | None = None
+    """The optional request inputs it takes (chatllm_wire names: `tools`,
+    `chat_template_kwargs`, `return_logprobs`, `count_tokens_only`); None: unknown, every one
+    assumed."""
+
+    def takes(self, name: str) -> bool:
+        """Whether the model takes the optional input `name` (a chatllm_wire name)."""
+        return self.inputs is None or name in self.inputs
 
 
 SamplingParams = WireSampling

@@ -22,6 +22,7 @@ Series (route labels are the templates of the routes that served the requests, s
 from __future__ import annotations
 
 import time
+
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest

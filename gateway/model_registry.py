@@ -39,7 +39,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[list[ModelCard]] | None = None
 
-    async def list(self) -> list[ModelCard]:
+    async def cards(self) -> list[ModelCard]:
         """All served names (raises `UpstreamError` when Triton cannot be asked)."""
         if self._fresh():
             return list(self._cards)
@@ -50,7 +50,7 @@ class ModelRegistry:
 
     async def resolve(self, name: str) -> ModelCard:
         """The card for `name`; raises `ModelNotFoundError` when it is not served."""
-        cards = await self.list()
+        cards = await self.cards()
         if not self._fresh() and not any(card.id == name for card in cards):
             cards = await self._refresh()  # perhaps loaded since: ask before the 404
         for card in cards:

@@ -9,23 +9,25 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 import chatllm_wire as wire
 from chatllm_wire import MAX_LOGPROBS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 MAX_EMBEDDING_INPUTS = 2048
 
 
-def _range(name: str) -> dict[str, float]:
-    """pydantic bounds of a sampling parameter, from the wire contract (chatllm_wire)."""
+def _sampling_field(name: str) -> Any:
+    """An optional field with the bounds of a sampling parameter in the wire contract
+    (chatllm_wire)."""
     spec = wire.SAMPLING_PARAMS[name]
-    bounds: dict[str, float] = {}
+    bounds: dict[str, Any] = {}
     if spec.low is not None:
         bounds["gt" if spec.low_open else "ge"] = spec.low
     if spec.high is not None:
         bounds["le"] = spec.high
-    return bounds
+    return Field(default=None, **bounds)
 
 
 def _omit_none(value: object) -> bool:
@@ -92,17 +94,17 @@ class SamplingRequest(BaseModel):
     """Fields shared by every generation endpoint; ranges come from the wire contract."""
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, **_range("max_tokens"))
-    temperature: float | None = Field(default=None, **_range("temperature"))
-    top_p: float | None = Field(default=None, **_range("top_p"))
-    top_k: int | None = Field(default=None, **_range("top_k"))
+    max_tokens: int | None = _sampling_field("max_tokens")
+    temperature: float | None = _sampling_field("temperature")
+    top_p: float | None = _sampling_field("top_p")
+    top_k: int | None = _sampling_field("top_k")
     """vLLM/FastChat extension; -1 and 0 mean disabled."""
     n: int = Field(default=1, ge=1, le=16)
     stop: str | list[str] | None = Field(default=None, max_length=wire.MAX_STOP_STRINGS)
     seed: int | None = Field(default=None, ge=wire.INT64_MIN, le=-wire.INT64_MIN - 1)
-    presence_penalty: float | None = Field(default=None, **_range("presence_penalty"))
-    frequency_penalty: float | None = Field(default=None, **_range("frequency_penalty"))
-    repetition_penalty: float | None = Field(default=None, **_range("repetition_penalty"))
+    presence_penalty: float | None = _sampling_field("presence_penalty")
+    frequency_penalty: float | None = _sampling_field("frequency_penalty")
+    repetition_penalty: float | None = _sampling_field("repetition_penalty")
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -397,8 +399,9 @@ class TokenCheckRequest(BaseModel):
 
 class TokenCheckResult(BaseModel):
     fits: bool
-    tokenCount: int  # noqa: N815 - FastChat's field names
-    contextLength: int | None  # noqa: N815
+    token_count: int = Field(serialization_alias="tokenCount")
+    """FastChat's field names are camelCase."""
+    context_length: int | None = Field(serialization_alias="contextLength")
 
 
 class TokenCheckResponse(BaseModel):

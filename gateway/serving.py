@@ -1,25 +1,28 @@
-"""What the generation routes share: app state, request-to-input mapping, streaming."""
+"""What the generation routes share: app state, request-to-input mapping, the response path."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from chatllm_wire import StructuredOutput
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+import chatllm_wire as wire
+from chatllm_wire import StructuredOutput
 from gateway import sse
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
-from gateway.generation import ChoiceDelta, UsageCounter
-from gateway.llm_client import LLMClient, ModelCard, ModelKind, SamplingParams
+from gateway.disconnect import race_disconnect
+from gateway.errors import InvalidRequestError, UpstreamError
+from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.llm_client import GenerationInput, LLMClient, ModelCard, ModelKind, SamplingParams, TokenLogprob
 from gateway.model_registry import ModelRegistry
-from gateway.protocol import SamplingRequest, UsageInfo
+from gateway.protocol import UsageInfo
 from gateway.settings import GatewaySettings
-from gateway.streaming import race_disconnect
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +47,70 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def start_request(request: Request, prefix: str) -> str:
+    """A new request id, kept on the request for the error handlers' log lines."""
+    request_id = new_request_id(prefix)
+    request.state.request_id = request_id
+    return request_id
+
+
 async def resolve_model(request: Request, name: str, kind: ModelKind) -> ModelCard:
     """The card of a served name; 404 when unknown, 400 when it serves something else."""
-    card = await get_state(request).registry.resolve(name)
-    if card.kind != kind:
-        if card.kind == "embed":
-            message = f"`{name}` is an embedding model: use /v1/embeddings"
-        else:
-            message = f"`{name}` is not an embedding model"
-        raise InvalidRequestError(message, param="model")
-    return card
+    return check_kind(await get_state(request).registry.resolve(name), kind)
+
+
+def check_kind(card: ModelCard, kind: ModelKind) -> ModelCard:
+    """`card`, or a 400 when it serves something other than `kind`."""
+    if card.kind == kind:
+        return card
+    if card.kind == "embed":
+        message = f"`{card.id}` is an embedding model: use /v1/embeddings"
+    else:
+        message = f"`{card.id}` is not an embedding model"
+    raise InvalidRequestError(message, param="model")
+
+
+_INPUT_REFUSALS = {
+    wire.RETURN_LOGPROBS: ("logprobs", "model `{model}` does not return logprobs"),
+    wire.TOOLS: (wire.TOOLS, "model `{model}` does not take tools"),
+    wire.CHAT_TEMPLATE_KWARGS: (wire.CHAT_TEMPLATE_KWARGS, "model `{model}` does not take chat_template_kwargs"),
+    wire.COUNT_TOKENS_ONLY: ("model", "model `{model}` cannot count tokens"),
+}
+"""Optional input -> (the request field to blame, the message) when a model lacks it."""
+
+
+def check_inputs(card: ModelCard, *needed: str | None) -> None:
+    """A 400 naming the field when the model does not take one of the `needed` inputs
+    (chatllm_wire names; None entries are skipped, for inputs a request does not use)."""
+    for name in needed:
+        if name is not None and not card.takes(name):
+            param, message = _INPUT_REFUSALS[name]
+            raise InvalidRequestError(message.format(model=card.triton_model), param=param)
+
+
+class SamplingFields(Protocol):
+    """The sampling fields OpenAI's requests (`SamplingRequest`) and FastChat's worker requests
+    (`WorkerGenerateParams`) share."""
+
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    repetition_penalty: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    seed: int | None
+
+    def stop_strings(self) -> tuple[str, ...]: ...
 
 
 def sampling_params(
-    body: SamplingRequest,
+    body: SamplingFields,
     max_tokens: int | None,
     logprobs: int | None = None,
     structured: StructuredOutput | None = None,
+    *,
+    ignore_eos: bool = False,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> SamplingParams:
     """The request's sampling fields; `top_k` of -1 or 0 means disabled (left out).
 
@@ -78,9 +128,10 @@ def sampling_params(
         frequency_penalty=body.frequency_penalty,
         seed=body.seed,
         stop=body.stop_strings(),
-        ignore_eos=body.ignore_eos,
+        ignore_eos=ignore_eos,
         logprobs=logprobs,
         structured_outputs=structured,
+        stop_token_ids=stop_token_ids,
     )
 
 
@@ -117,37 +168,62 @@ async def prepend(
         await rest.aclose()
 
 
-def error_event(exc: Exception, request_id: str) -> dict[str, object]:
-    """The payload of the error event sent when a stream fails after its 200."""
-    if isinstance(exc, GatewayError):
-        logger.warning("request %s failed mid-stream: %s", request_id, exc.message)
-        return exc.to_dict()
-    logger.exception("request %s failed mid-stream", request_id, exc_info=exc)
-    return GatewayError(500, "internal error", "server_error").to_dict()
-
-
-async def sse_events(
-    chunks: AsyncGenerator[BaseModel, None],
-    request_id: str,
-    generation: AsyncGenerator[ChoiceDelta, None],
-) -> AsyncIterator[str]:
-    """`chunks` (made from `generation`) as SSE events, then `[DONE]`. A failure after the 200
-    becomes one error event; both are closed in any case, which cancels what is still
-    running upstream when the client went away."""
-    try:
-        async for chunk in chunks:
-            yield sse.event(chunk)
-    except Exception as exc:  # after the 200: report in-band, then end the stream
-        yield sse.event(error_event(exc, request_id))
-    finally:
-        await chunks.aclose()
-        await generation.aclose()
-    yield sse.DONE
-
-
 def usage_info(usage: UsageCounter) -> UsageInfo:
     return UsageInfo(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
     )
+
+
+@dataclass
+class CollectedChoice:
+    """One choice of a non-streaming answer, read to its end."""
+
+    text: str
+    finish_reason: str | None
+    logprobs: list[TokenLogprob]
+
+
+async def collect_choices(
+    events: AsyncIterator[ChoiceDelta], count: int, prefixes: Sequence[str] = ()
+) -> list[CollectedChoice]:
+    """Every choice's text (after its prefix, e.g. an echoed prompt), finish reason and tokens."""
+    texts: list[list[str]] = [[prefixes[i]] if prefixes else [] for i in range(count)]
+    reasons: list[str | None] = [None] * count
+    tokens: list[list[TokenLogprob]] = [[] for _ in range(count)]
+    async for delta in events:
+        texts[delta.index].append(delta.text)
+        tokens[delta.index].extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            reasons[delta.index] = delta.finish_reason
+    return [CollectedChoice("".join(texts[i]), reasons[i], tokens[i]) for i in range(count)]
+
+
+async def respond(
+    request: Request,
+    request_id: str,
+    stream: bool,
+    prompts: Sequence[Sequence[GenerationInput]],
+    chunks: Callable[[AsyncGenerator[ChoiceDelta, None], UsageCounter], AsyncGenerator[BaseModel, None]],
+    collect: Callable[[AsyncIterator[ChoiceDelta], UsageCounter], Awaitable[BaseModel]],
+) -> Response:
+    """Run the generations of one request and answer it.
+
+    `prompts` holds the choices of each prompt (a prompt's tokens count once in the usage);
+    choice `i` is the `i`-th input over all of them. The answer is an event stream of
+    `chunks(deltas, usage)` (a 200 only once the first delta is there), or the JSON body
+    `collect(deltas, usage)` makes.
+    """
+    client = get_state(request).client
+    usage = UsageCounter()
+    inputs = [(group, inp) for group, choices in enumerate(prompts) for inp in choices]
+    events = merge(
+        [stream_choice(client, i, inp, usage, prompt_group=group) for i, (group, inp) in enumerate(inputs)]
+    )
+    if stream:
+        first = await first_delta(request, events)
+        generation = prepend(first, events)
+        return sse.response(sse.events(chunks(generation, usage), request_id, generation))
+    result = await race_disconnect(request, collect(events, usage))
+    return JSONResponse(result.model_dump())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import chatllm_wire as wire
 from chatllm_wire import StructuredOutput
-
 from gateway.errors import InvalidRequestError
 from gateway.protocol import SamplingRequest
 

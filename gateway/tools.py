@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import chatllm_wire as wire
 from chatllm_wire import StructuredOutput
-
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCall
 
@@ -231,9 +230,8 @@ class ToolCallStream:
             stripped = self._held.lstrip()
             if not self._content and not stripped:
                 return "", []
-            if not self._content and (stripped.startswith("{") or stripped.startswith(_PYTHON_TAG)
-                                      or _PYTHON_TAG.startswith(stripped)):
-                self._buffering = stripped.startswith("{") or stripped.startswith(_PYTHON_TAG)
+            if not self._content and (stripped.startswith(("{", _PYTHON_TAG)) or _PYTHON_TAG.startswith(stripped)):
+                self._buffering = stripped.startswith(("{", _PYTHON_TAG))
                 return "", []
             self._content = True
             out, self._held = self._held, ""

@@ -23,22 +23,21 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
-import chatllm_wire as wire
-import grpc
+import grpc  # type: ignore[import-untyped]  # no stubs or py.typed
 import numpy as np
 import numpy.typing as npt
-from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
-from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc  # type: ignore[import-untyped]  # no stubs or py.typed
+from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput  # type: ignore[import-untyped]  # no stubs or py.typed
+from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]  # no stubs or py.typed
 
-from gateway.errors import InvalidRequestError, UpstreamError, upstream_error
+import chatllm_wire as wire
+from gateway.errors import ModelNotFoundError, UpstreamError, upstream_error
 from gateway.llm_client import (
     EmbeddingResult,
     GenerationChunk,
     GenerationInput,
     ModelCard,
     ModelKind,
-    SamplingParams,
     TokenLogprob,
     TopLogprob,
 )
@@ -78,11 +77,21 @@ class TritonModel:
     """chatllm's `engine` parameter ("ours" when unset); None for other backends."""
 
     def cards(self) -> list[ModelCard]:
+        """One card per served name: the name, then its aliases."""
         names = dict.fromkeys((self.name, *self.aliases))
         return [
-            ModelCard(n, self.name, self.context_length, self.kind, capacity=self.capacity,
-                      tool_call_parser=self.tool_call_parser, reasoning_parser=self.reasoning_parser,
-                      conv_template=self.conv_template, engine=self.engine)
+            ModelCard(
+                n,
+                self.name,
+                self.context_length,
+                self.kind,
+                capacity=self.capacity,
+                tool_call_parser=self.tool_call_parser,
+                reasoning_parser=self.reasoning_parser,
+                conv_template=self.conv_template,
+                engine=self.engine,
+                inputs=self.inputs,
+            )
             for n in names
         ]
 
@@ -149,11 +158,6 @@ def _capacity(name: str, config: dict[str, Any], seqs: str, queued: str) -> int 
     return per_instance * instances
 
 
-def sampling_json(sampling: SamplingParams) -> str:
-    """The `sampling_parameters` tensor: only the fields that are set (chatllm_wire)."""
-    return sampling.to_json()
-
-
 def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelInferRequest:
     """The `ModelInferRequest` for one generation (vllm_backend-compatible tensors)."""
     request = service_pb2.ModelInferRequest(model_name=inp.model, id=inp.request_id)
@@ -177,7 +181,7 @@ def build_request(inp: GenerationInput, *, batched: bool) -> service_pb2.ModelIn
     if inp.chat_template_kwargs:
         add(wire.CHAT_TEMPLATE_KWARGS, json.dumps(inp.chat_template_kwargs, ensure_ascii=False))
     add(wire.STREAM, True)
-    add(wire.SAMPLING_PARAMETERS, sampling_json(inp.sampling))
+    add(wire.SAMPLING_PARAMETERS, inp.sampling.to_json())
     add(wire.EXCLUDE_INPUT_IN_OUTPUT, True)
     add(wire.RETURN_FINISH_REASON, True)
     add(wire.RETURN_NUM_INPUT_TOKENS, True)
@@ -378,19 +382,19 @@ class TritonLLMClient:
             raise error from None
         return parse_model_config(name, config.get("config", {}))
 
-    async def _model(self, name: str, kind: ModelKind) -> TritonModel:
+    async def _layout(self, name: str) -> TritonModel:
+        """How to shape requests for `name` on this server (batch dimension, batch size).
+
+        Whether the model exists, what it serves and which inputs it takes is the caller's
+        business (the registry's `ModelCard`): this only reads the config it needs, from the
+        last model list, or from the server for a model not listed yet.
+        """
         model = self._models.get(name)
         if model is None:
             model = await self._fetch_model(name)
             if model is None:
-                raise InvalidRequestError(
-                    f"model `{name}` is neither a decoupled LLM nor an embedding model",
-                    param="model",
-                )
+                raise ModelNotFoundError(name)
             self._models[name] = model
-        if model.kind != kind:
-            what = "text generation" if kind == "generate" else "embeddings"
-            raise InvalidRequestError(f"model `{name}` does not serve {what}", param="model")
         return model
 
     async def _responses(
@@ -427,14 +431,7 @@ class TritonLLMClient:
 
     async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
         """Stream one generation; closing the iterator cancels the gRPC stream."""
-        model = await self._model(inp.model, "generate")
-        if inp.sampling.logprobs is not None and wire.RETURN_LOGPROBS not in model.inputs:
-            raise InvalidRequestError(
-                f"model `{inp.model}` does not return logprobs", param="logprobs"
-            )
-        for name, value in ((wire.TOOLS, inp.tools), (wire.CHAT_TEMPLATE_KWARGS, inp.chat_template_kwargs)):
-            if value and name not in model.inputs:
-                raise InvalidRequestError(f"model `{inp.model}` does not take {name}", param=name)
+        model = await self._layout(inp.model)
         request = build_request(inp, batched=model.batched)
         finish_reason: str | None = None
         async with aclosing(self._responses(request)) as responses:
@@ -459,9 +456,7 @@ class TritonLLMClient:
                     )
 
     async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
-        triton_model = await self._model(model, "generate")
-        if wire.COUNT_TOKENS_ONLY not in triton_model.inputs:
-            raise InvalidRequestError(f"model `{model}` cannot count tokens", param="model")
+        triton_model = await self._layout(model)
         request = build_count_request(model, prompt, request_id, batched=triton_model.batched)
         count: int | None = None
         async with aclosing(self._responses(request)) as responses:
@@ -477,7 +472,7 @@ class TritonLLMClient:
     ) -> EmbeddingResult:
         """One Triton request per `max_batch_size` texts, all sent at once (Triton batches
         them further with other clients' requests)."""
-        triton_model = await self._model(model, "embed")
+        triton_model = await self._layout(model)
         size = max(triton_model.max_batch_size, 1)
         parts = await asyncio.gather(
             *(

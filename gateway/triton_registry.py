@@ -2,7 +2,7 @@
 
 A server (or a sidecar next to it: `tritonchat register`, `tritonchat serve --register-with`)
 posts `/register_triton` with its gRPC address every `heartbeat_interval_s`. The first beat
-adds it to the router's endpoint pool, which probes it at once and routes to it as soon as
+adds it to the gateway's endpoint pool, which probes it at once and routes to it as soon as
 it is ready; when no beat arrived for `EXPIRY_INTERVALS` intervals it is taken out (its
 in-flight requests finish; new ones go elsewhere). A clean shutdown unregisters at once.
 """
@@ -24,8 +24,8 @@ tolerated, and with the sweep below it is gone within two intervals of its last 
 SWEEPS_PER_INTERVAL = 4
 
 
-class EndpointPool(Protocol):
-    """What the registry needs from the router (`RoutedLLMClient`)."""
+class PoolMembership(Protocol):
+    """What the registry needs from the endpoint pool (`gateway.endpoints.EndpointPool`)."""
 
     async def add_endpoint(self, address: str) -> None: ...
 
@@ -41,14 +41,11 @@ class _Registration:
 class TritonRegistry:
     """Registered Triton servers and their beats; owns the expiry task (event loop only)."""
 
-    def __init__(self, pool: EndpointPool, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, pool: PoolMembership, clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._clock = clock
         self._servers: dict[str, _Registration] = {}
         self._task: asyncio.Task[None] | None = None
-
-    def addresses(self) -> list[str]:
-        return list(self._servers)
 
     async def beat(self, address: str, interval_s: float) -> bool:
         """Register or refresh `address`; True when it is new (now added to the pool)."""

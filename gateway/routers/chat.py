@@ -8,10 +8,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
-from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     ChatChoice,
@@ -28,19 +29,17 @@ from gateway.protocol import (
     FastChatCompletionRequest,
     TopLogprobEntry,
 )
+from gateway.reasoning import ReasoningStream, split_reasoning
 from gateway.serving import (
-    first_delta,
+    check_inputs,
+    collect_choices,
     for_choice,
-    get_state,
-    new_request_id,
-    prepend,
     resolve_model,
+    respond,
     sampling_params,
-    sse_events,
+    start_request,
     usage_info,
 )
-from gateway.streaming import race_disconnect, sse_response
-from gateway.reasoning import ReasoningStream, split_reasoning
 from gateway.structured import requested_structure
 from gateway.tools import ToolCallStream, ToolPlan, finish_reason, parse_tool_output, plan_tools
 
@@ -97,11 +96,9 @@ def chat_logprobs(tokens: Sequence[TokenLogprob], top: int) -> ChatChoiceLogprob
 
 
 async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
-    request_id = new_request_id("chatcmpl")
-    request.state.request_id = request_id  # for the error handlers' log lines
+    request_id = start_request(request, "chatcmpl")
     _reject_unsupported(body)
     structure = requested_structure(body)
-    state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
     plan = plan_tools(body, card.tool_call_parser)
     if plan.constraint is not None and structure is not None:
@@ -109,41 +106,42 @@ async def _serve(body: ChatCompletionRequest, request: Request) -> Response:
             "tool_choice required or a named function cannot be combined with a structured output",
             param="tool_choice",
         )
+    check_inputs(
+        card,
+        wire.RETURN_LOGPROBS if _top_count(body) is not None else None,
+        wire.TOOLS if plan.tools else None,
+        wire.CHAT_TEMPLATE_KWARGS if body.chat_template_kwargs else None,
+    )
     messages = tuple(_message(m) for m in body.messages)
     sampling = sampling_params(
-        body, body.effective_max_tokens(), _top_count(body), plan.constraint or structure
+        body,
+        body.effective_max_tokens(),
+        _top_count(body),
+        plan.constraint or structure,
+        ignore_eos=body.ignore_eos,
     )
-    usage = UsageCounter()
     choices = [
-        stream_choice(
-            state.client,
-            i,
-            GenerationInput(
-                model=card.triton_model,
-                messages=messages,
-                sampling=for_choice(sampling, i),
-                request_id=f"{request_id}-{i}",
-                replayable=not body.stream,
-                tools=plan.tools or None,
-                chat_template_kwargs=body.chat_template_kwargs,
-            ),
-            usage,
+        GenerationInput(
+            model=card.triton_model,
+            messages=messages,
+            sampling=for_choice(sampling, i),
+            request_id=f"{request_id}-{i}",
+            replayable=not body.stream,
+            tools=plan.tools or None,
+            chat_template_kwargs=body.chat_template_kwargs,
         )
         for i in range(body.n)
     ]
     logger.info("request %s: chat on %s, n=%d", request_id, card.triton_model, body.n)
-    events = merge(choices)
     thinks = card.reasoning_parser == "think"
-    if body.stream:
-        first = await first_delta(request, events)
-        generation = prepend(first, events)
-        return sse_response(
-            sse_events(
-                _chunks(body, plan, thinks, request_id, generation, usage), request_id, generation
-            )
-        )
-    result = await race_disconnect(request, _collect(body, plan, thinks, request_id, events, usage))
-    return JSONResponse(result.model_dump())
+    return await respond(
+        request,
+        request_id,
+        body.stream,
+        [choices],
+        lambda deltas, usage: _chunks(body, plan, thinks, request_id, deltas, usage),
+        lambda deltas, usage: _collect(body, plan, thinks, request_id, deltas, usage),
+    )
 
 
 def _message(message: ChatMessage) -> dict[str, Any]:
@@ -167,18 +165,10 @@ async def _collect(
     events: AsyncIterator[ChoiceDelta],
     usage: UsageCounter,
 ) -> ChatCompletionResponse:
-    texts: list[list[str]] = [[] for _ in range(body.n)]
-    reasons: list[str | None] = [None] * body.n
-    tokens: list[list[TokenLogprob]] = [[] for _ in range(body.n)]
-    async for delta in events:
-        texts[delta.index].append(delta.text)
-        tokens[delta.index].extend(delta.logprobs)
-        if delta.finish_reason is not None:
-            reasons[delta.index] = delta.finish_reason
     top = _top_count(body)
     choices = []
-    for i in range(body.n):
-        reasoning, text = split_reasoning("".join(texts[i])) if thinks else (None, "".join(texts[i]))
+    for i, choice in enumerate(await collect_choices(events, body.n)):
+        reasoning, text = split_reasoning(choice.text) if thinks else (None, choice.text)
         content, calls = parse_tool_output(plan, text)
         choices.append(
             ChatChoice(
@@ -186,8 +176,8 @@ async def _collect(
                 message=ChatResponseMessage(
                     content=content, reasoning_content=reasoning, tool_calls=calls or None
                 ),
-                logprobs=None if top is None else chat_logprobs(tokens[i], top),
-                finish_reason=finish_reason(plan, reasons[i], bool(calls)),
+                logprobs=None if top is None else chat_logprobs(choice.logprobs, top),
+                finish_reason=finish_reason(plan, choice.finish_reason, bool(calls)),
             )
         )
     return ChatCompletionResponse(

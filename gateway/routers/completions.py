@@ -7,10 +7,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
+import chatllm_wire as wire
 from gateway.errors import InvalidRequestError
-from gateway.generation import ChoiceDelta, UsageCounter, merge, stream_choice
+from gateway.generation import ChoiceDelta, UsageCounter
 from gateway.llm_client import GenerationInput, TokenLogprob
 from gateway.protocol import (
     CompletionChoice,
@@ -20,17 +21,15 @@ from gateway.protocol import (
     CompletionResponse,
 )
 from gateway.serving import (
-    first_delta,
+    check_inputs,
+    collect_choices,
     for_choice,
-    get_state,
-    new_request_id,
-    prepend,
     resolve_model,
+    respond,
     sampling_params,
-    sse_events,
+    start_request,
     usage_info,
 )
-from gateway.streaming import race_disconnect, sse_response
 from gateway.structured import requested_structure
 
 logger = logging.getLogger(__name__)
@@ -40,36 +39,32 @@ router = APIRouter()
 
 @router.post("/v1/completions", response_model=None)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    request_id = new_request_id("cmpl")
-    request.state.request_id = request_id  # for the error handlers' log lines
+    request_id = start_request(request, "cmpl")
     if body.logprobs is not None and body.echo:
         raise InvalidRequestError(
             "echo with logprobs (the prompt's logprobs) is not supported", param="echo"
         )
     if body.suffix:
         raise InvalidRequestError("suffix is not supported", param="suffix")
-    state = get_state(request)
     card = await resolve_model(request, body.model, "generate")
+    check_inputs(card, wire.RETURN_LOGPROBS if body.logprobs is not None else None)
     prompts = body.prompts()
-    sampling = sampling_params(body, body.max_tokens, body.logprobs, requested_structure(body))
-    usage = UsageCounter()
+    sampling = sampling_params(
+        body, body.max_tokens, body.logprobs, requested_structure(body), ignore_eos=body.ignore_eos
+    )
     # Choice index = prompt index * n + choice within that prompt, as OpenAI numbers them.
     choices = [
-        stream_choice(
-            state.client,
-            p * body.n + j,
+        [
             GenerationInput(
                 model=card.triton_model,
                 prompt=prompt,
                 sampling=for_choice(sampling, j),
                 request_id=f"{request_id}-{p * body.n + j}",
                 replayable=not body.stream,
-            ),
-            usage,
-            prompt_group=p,
-        )
+            )
+            for j in range(body.n)
+        ]
         for p, prompt in enumerate(prompts)
-        for j in range(body.n)
     ]
     logger.info(
         "request %s: completion on %s, %d prompt(s), n=%d",
@@ -78,15 +73,14 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         len(prompts),
         body.n,
     )
-    events = merge(choices)
-    if body.stream:
-        first = await first_delta(request, events)
-        generation = prepend(first, events)
-        return sse_response(
-            sse_events(_chunks(body, request_id, generation, usage), request_id, generation)
-        )
-    result = await race_disconnect(request, _collect(body, request_id, events, usage))
-    return JSONResponse(result.model_dump())
+    return await respond(
+        request,
+        request_id,
+        body.stream,
+        choices,
+        lambda deltas, usage: _chunks(body, request_id, deltas, usage),
+        lambda deltas, usage: _collect(body, request_id, deltas, usage),
+    )
 
 
 def _echo_text(body: CompletionRequest, index: int) -> str:
@@ -114,27 +108,20 @@ async def _collect(
     usage: UsageCounter,
 ) -> CompletionResponse:
     count = len(body.prompts()) * body.n
-    texts: list[list[str]] = [[_echo_text(body, i)] for i in range(count)]
-    reasons: list[str | None] = [None] * count
-    tokens: list[list[TokenLogprob]] = [[] for _ in range(count)]
-    async for delta in events:
-        texts[delta.index].append(delta.text)
-        tokens[delta.index].extend(delta.logprobs)
-        if delta.finish_reason is not None:
-            reasons[delta.index] = delta.finish_reason
+    collected = await collect_choices(events, count, [_echo_text(body, i) for i in range(count)])
     return CompletionResponse(
         id=request_id,
         model=body.model,
         choices=[
             CompletionChoice(
                 index=i,
-                text="".join(texts[i]),
+                text=choice.text,
                 logprobs=(
-                    None if body.logprobs is None else completion_logprobs(tokens[i], body.logprobs)
+                    None if body.logprobs is None else completion_logprobs(choice.logprobs, body.logprobs)
                 ),
-                finish_reason=reasons[i],
+                finish_reason=choice.finish_reason,
             )
-            for i in range(count)
+            for i, choice in enumerate(collected)
         ],
         usage=usage_info(usage),
     )

@@ -9,10 +9,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.disconnect import race_disconnect
 from gateway.errors import InvalidRequestError
 from gateway.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from gateway.serving import get_state, new_request_id, resolve_model
-from gateway.streaming import race_disconnect
+from gateway.serving import get_state, resolve_model, start_request
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ def encode(vector: list[float], encoding_format: str) -> list[float] | str:
 
 
 async def _serve(body: EmbeddingRequest, model: str | None, request: Request) -> Response:
-    request_id = new_request_id("embd")
-    request.state.request_id = request_id  # for the error handlers' log lines
+    request_id = start_request(request, "embd")
     if not model:
         raise InvalidRequestError("model: Field required", param="model")
     card = await resolve_model(request, model, "embed")

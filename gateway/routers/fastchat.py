@@ -24,6 +24,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+import chatllm_wire as wire
+from gateway.dispatch import RoutedLLMClient
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
 from gateway.fastchat_conv import conversation_template
 from gateway.fastchat_protocol import (
@@ -44,10 +46,10 @@ from gateway.fastchat_protocol import (
 )
 from gateway.fastchat_workers import FastChatWorkers
 from gateway.generation import UsageCounter, stream_choice
-from gateway.llm_client import GenerationInput, ModelCard, SamplingParams, TokenLogprob
+from gateway.llm_client import GenerationInput, ModelCard, TokenLogprob
 from gateway.routers.completions import completion_logprobs
-from gateway.serving import get_state, new_request_id
-from gateway.triton_registry import EndpointPool, TritonRegistry
+from gateway.serving import check_inputs, check_kind, get_state, new_request_id, sampling_params
+from gateway.triton_registry import TritonRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,8 @@ class FastChatState:
 def install(app: FastAPI) -> FastChatState:
     """Add the routes and their state to `app` (after `app.state.gateway` is set)."""
     client = app.state.gateway.client
-    pool: EndpointPool | None = client if hasattr(client, "add_endpoint") else None
-    state = FastChatState(FastChatWorkers(), TritonRegistry(pool) if pool is not None else None)
+    tritons = TritonRegistry(client.pool) if isinstance(client, RoutedLLMClient) else None
+    state = FastChatState(FastChatWorkers(), tritons)
     app.state.fastchat = state
     app.include_router(router)
     return state
@@ -114,7 +116,7 @@ async def _triton_cards(request: Request) -> list[ModelCard]:
     """Our served names; none (logged) while Triton cannot be asked, so registered FastChat
     workers are still listed."""
     try:
-        return await get_state(request).registry.list()
+        return await get_state(request).registry.cards()
     except GatewayError as exc:
         logger.warning("FastChat model list without Triton's models: %s", exc.message)
         return []
@@ -141,14 +143,7 @@ async def register_worker(request: Request) -> None:
     status = body.worker_status or await _fetch_worker_status(body.worker_name)
     if status is None:
         return
-    _fastchat(request).workers.register(
-        body.worker_name,
-        status.model_names,
-        speed=status.speed,
-        queue_length=status.queue_length,
-        check_heart_beat=body.check_heart_beat,
-        multimodal=body.multimodal,
-    )
+    _register(_fastchat(request).workers, body.worker_name, status, body.check_heart_beat, body.multimodal)
 
 
 @router.post("/refresh_all_workers")
@@ -160,14 +155,20 @@ async def refresh_all_workers(request: Request) -> None:
         if status is None:
             workers.remove(name)
             continue
-        workers.register(
-            name,
-            status.model_names,
-            speed=status.speed,
-            queue_length=status.queue_length,
-            check_heart_beat=info.check_heart_beat,
-            multimodal=info.multimodal,
-        )
+        _register(workers, name, status, info.check_heart_beat, info.multimodal)
+
+
+def _register(
+    workers: FastChatWorkers, name: str, status: WorkerStatus, check_heart_beat: bool, multimodal: bool
+) -> None:
+    workers.register(
+        name,
+        status.model_names,
+        speed=status.speed,
+        queue_length=status.queue_length,
+        check_heart_beat=check_heart_beat,
+        multimodal=multimodal,
+    )
 
 
 @router.post("/list_models")
@@ -223,13 +224,12 @@ async def test_connection() -> PlainTextResponse:
 async def worker_get_status(request: Request) -> dict[str, Any]:
     """Every model we answer for; the queue is this gateway's requests in flight."""
     names = {card.id for card in await _triton_cards(request)}
-    queue_length = 0
-    for _, info in _fastchat(request).workers.items():
-        names |= set(info.model_names)
-        queue_length += info.queue_length
-    endpoints = getattr(get_state(request).client, "endpoints", None)
-    if callable(endpoints):
-        queue_length += sum(e.outstanding for e in endpoints())
+    workers = [info for _, info in _fastchat(request).workers.items()]
+    names |= {name for info in workers for name in info.model_names}
+    queue_length = sum(info.queue_length for info in workers)
+    client = get_state(request).client
+    if isinstance(client, RoutedLLMClient):
+        queue_length += sum(e.outstanding for e in client.pool.endpoints())
     return {"model_names": sorted(names), "speed": 1, "queue_length": queue_length}
 
 
@@ -253,9 +253,7 @@ async def worker_generate(request: Request) -> JSONResponse:
 async def worker_get_embeddings(request: Request) -> JSONResponse:
     try:
         body = await _parse(request, EmbeddingParams)
-        card = await get_state(request).registry.resolve(body.model)
-        if card.kind != "embed":
-            raise InvalidRequestError(f"`{body.model}` is not an embedding model", "model")
+        card = check_kind(await get_state(request).registry.resolve(body.model), "embed")
         texts = [body.input] if isinstance(body.input, str) else body.input
         result = await get_state(request).client.embed(
             card.triton_model, texts, new_request_id("fcemb")
@@ -272,7 +270,8 @@ async def worker_get_embeddings(request: Request) -> JSONResponse:
 async def count_token(request: Request) -> JSONResponse:
     try:
         body = await _parse(request, CountTokenRequest)
-        card = await get_state(request).registry.resolve(body.model)
+        card = check_kind(await get_state(request).registry.resolve(body.model), "generate")
+        check_inputs(card, wire.COUNT_TOKENS_ONLY)
         count = await get_state(request).client.count_tokens(
             card.triton_model, body.prompt, new_request_id("fccount")
         )
@@ -329,24 +328,6 @@ def _tritons(request: Request) -> TritonRegistry:
 # ---- generation ---------------------------------------------------------------------
 
 
-def sampling_of(params: WorkerGenerateParams) -> SamplingParams:
-    """FastChat's sampling fields as ours; top_k of -1 or 0 means disabled."""
-    top_k = params.top_k if params.top_k is not None and params.top_k > 0 else None
-    return SamplingParams(
-        max_tokens=params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=top_k,
-        repetition_penalty=params.repetition_penalty,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        seed=params.seed,
-        stop=params.stop_strings(),
-        logprobs=params.logprobs,
-        stop_token_ids=tuple(params.stop_token_ids or ()),
-    )
-
-
 async def _read_generate(request: Request) -> WorkerGenerateParams | GatewayError:
     try:
         return await _parse(request, WorkerGenerateParams)
@@ -371,13 +352,18 @@ async def _frames(
             async for raw in _pass_through(worker, params.model_dump(exclude_unset=True)):
                 yield raw
             return
-        if card.kind != "generate":
-            raise InvalidRequestError(f"`{params.model}` is an embedding model", "model")
+        check_kind(card, "generate")
+        check_inputs(card, wire.RETURN_LOGPROBS if params.logprobs is not None else None)
         logger.info("request %s: FastChat worker call on %s", request_id, card.triton_model)
         inp = GenerationInput(
             model=card.triton_model,
             prompt=params.prompt,
-            sampling=sampling_of(params),
+            sampling=sampling_params(
+                params,
+                params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                params.logprobs,
+                stop_token_ids=tuple(params.stop_token_ids or ()),
+            ),
             request_id=request_id,
         )
         async for payload in _generation(get_state(request).client, inp, params):
@@ -421,15 +407,17 @@ async def _generation(
 async def _pass_through(worker: str, body: Any) -> AsyncIterator[bytes]:
     """A registered FastChat worker's stream, object by object."""
     try:
-        async with httpx.AsyncClient(timeout=WORKER_STREAM_TIMEOUT_S) as http:
-            async with http.stream("POST", worker + "/worker_generate_stream", json=body) as resp:
-                buffer = b""
-                async for data in resp.aiter_bytes():
-                    buffer += data
-                    *frames, buffer = buffer.split(b"\0")
-                    for frame in frames:
-                        if frame:
-                            yield frame + b"\0"
+        async with (
+            httpx.AsyncClient(timeout=WORKER_STREAM_TIMEOUT_S) as http,
+            http.stream("POST", worker + "/worker_generate_stream", json=body) as resp,
+        ):
+            buffer = b""
+            async for data in resp.aiter_bytes():
+                buffer += data
+                *frames, buffer = buffer.split(b"\0")
+                for frame in frames:
+                    if frame:
+                        yield frame + b"\0"
     except httpx.HTTPError as exc:
         logger.warning("FastChat worker %s failed: %s", worker, exc)
         yield stream_frame(

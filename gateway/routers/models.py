@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
+from gateway.errors import status_error
 from gateway.llm_client import ModelCard
 from gateway.protocol import ModelList, ModelObject
 from gateway.serving import get_state
@@ -28,7 +28,7 @@ def _model_object(card: ModelCard, created: int) -> ModelObject:
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     state = get_state(request)
-    cards = await state.registry.list()
+    cards = await state.registry.cards()
     return ModelList(data=[_model_object(card, state.created) for card in cards])
 
 
@@ -38,20 +38,9 @@ async def retrieve_model(model_id: str, request: Request) -> ModelObject:
     return _model_object(await state.registry.resolve(model_id), state.created)
 
 
-@health_router.get("/health", response_model=None)
-async def health(request: Request) -> JSONResponse:
+@health_router.get("/health")
+async def health(request: Request) -> dict[str, str]:
     """200 when Triton is ready to serve, else 503 (for load balancers and launchers)."""
-    if await get_state(request).client.is_ready():
-        return JSONResponse({"status": "ok"})
-    return JSONResponse(
-        {
-            "error": {
-                "message": "Triton is not ready",
-                "type": "service_unavailable_error",
-                "param": None,
-                "code": "service_unavailable",
-            }
-        },
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+    if not await get_state(request).client.is_ready():
+        raise status_error("UNAVAILABLE", "Triton is not ready")
+    return {"status": "ok"}

@@ -6,10 +6,11 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
+import chatllm_wire as wire
+from gateway.disconnect import race_disconnect
 from gateway.errors import GatewayError
 from gateway.protocol import TokenCheckItem, TokenCheckRequest, TokenCheckResponse, TokenCheckResult
-from gateway.serving import get_state, new_request_id, resolve_model
-from gateway.streaming import race_disconnect
+from gateway.serving import check_inputs, get_state, resolve_model, start_request
 
 router = APIRouter()
 
@@ -19,13 +20,13 @@ async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckRe
     """Token counts come from the model's own tokenizer (the prompt as plain text, no chat
     template); `fits` is `tokenCount + max_tokens <= contextLength`, true when the context
     length is unknown."""
-    request_id = new_request_id("tokcheck")
-    request.state.request_id = request_id
+    request_id = start_request(request, "tokcheck")
     client = get_state(request).client
 
     async def check(index: int, item: TokenCheckItem) -> TokenCheckResult:
         try:
             card = await resolve_model(request, item.model, "generate")
+            check_inputs(card, wire.COUNT_TOKENS_ONLY)
             count = await client.count_tokens(
                 card.triton_model, item.prompt, f"{request_id}-{index}"
             )
@@ -36,8 +37,8 @@ async def token_check(body: TokenCheckRequest, request: Request) -> TokenCheckRe
         limit = card.context_length
         return TokenCheckResult(
             fits=limit is None or count + item.max_tokens <= limit,
-            tokenCount=count,
-            contextLength=limit,
+            token_count=count,
+            context_length=limit,
         )
 
     results = await race_disconnect(

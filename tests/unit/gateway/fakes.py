@@ -19,7 +19,6 @@ from gateway.llm_client import (
     TopLogprob,
 )
 
-
 WAIT_TIMEOUT_S = 5.0
 
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from gateway.errors import ModelNotFoundError, UpstreamError, strip_code_prefix, upstream_error
+from gateway.errors import ModelNotFoundError, UpstreamError, upstream_error
 from gateway.generation import StopStringFilter, merge
 from gateway.llm_client import ModelCard
 from gateway.model_registry import ModelRegistry
@@ -124,7 +124,7 @@ def test_registry_caches_for_ttl_then_refreshes() -> None:
     registry = ModelRegistry(fake, ttl_s=5.0, clock=clock)
 
     async def run() -> None:
-        await registry.list()
+        await registry.cards()
         clock.now += 4.9
         assert (await registry.resolve("echo-alias")).triton_model == "echo"
         assert fake.list_calls == 1
@@ -143,7 +143,7 @@ def test_registry_concurrent_misses_ask_once() -> None:
     registry = ModelRegistry(fake, ttl_s=5.0)
 
     async def run() -> None:
-        await asyncio.gather(*(registry.list() for _ in range(10)))
+        await asyncio.gather(*(registry.cards() for _ in range(10)))
 
     asyncio.run(run())
     assert fake.list_calls == 1
@@ -182,6 +182,6 @@ def test_tritons_queue_full_message_loses_its_request_id_prefix() -> None:
     assert error.headers == {"Retry-After": "1"}
 
 
-def test_strip_code_prefix() -> None:
-    assert strip_code_prefix("[INVALID_ARG] no FAIL") == ("INVALID_ARG", "no FAIL")
-    assert strip_code_prefix("plain") == (None, "plain")
+def test_the_code_prefix_is_stripped_from_what_users_see() -> None:
+    assert upstream_error("[INVALID_ARG] no FAIL").message == "no FAIL"
+    assert upstream_error("plain").message == "plain"

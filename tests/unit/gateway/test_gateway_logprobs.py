@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.llm_client import TokenLogprob, TopLogprob
+from gateway.app import create_app
+from gateway.llm_client import ModelCard, TokenLogprob, TopLogprob
+from gateway.settings import GatewaySettings
 from tests.unit.gateway.fakes import FakeLLMClient, chunk, sse_events, token_logprob
 
 CHAT = "/v1/chat/completions"
@@ -142,3 +144,24 @@ def test_streamed_completion_logprobs_keep_counting_text_offsets(
         ([" you"], [2], [{}]),
     ]
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hé you"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, chat_body(logprobs=True)),
+        (COMPLETIONS, {"model": "old", "prompt": "hi", "logprobs": 0}),
+    ],
+)
+def test_logprobs_from_a_model_without_them_are_a_400_before_any_generation(
+    path: str, body: dict[str, object]
+) -> None:
+    fake = FakeLLMClient([ModelCard("old", "old-llm", 256, inputs=frozenset())])
+    settings = GatewaySettings(triton_urls=["127.0.0.1:1"])
+    with TestClient(create_app(settings, fake)) as client:
+        response = client.post(path, json={**body, "model": "old"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "logprobs"
+    assert "old-llm" in response.json()["error"]["message"]
+    assert fake.inputs == []

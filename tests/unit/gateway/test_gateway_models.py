@@ -65,13 +65,21 @@ def test_model_list_is_cached_between_requests(client: TestClient, fake: FakeLLM
 
 
 def test_health_follows_readiness(client: TestClient, fake: FakeLLMClient) -> None:
-    assert client.get("/health").status_code == 200
+    assert client.get("/health").json() == {"status": "ok"}
 
     fake.ready = False
     response = client.get("/health")
 
     assert response.status_code == 503
-    assert response.json()["error"]["type"] == "service_unavailable_error"
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {
+        "error": {
+            "message": "Triton is not ready",
+            "type": "service_unavailable_error",
+            "param": None,
+            "code": "service_unavailable",
+        }
+    }
 
 
 def test_client_is_closed_on_shutdown() -> None:

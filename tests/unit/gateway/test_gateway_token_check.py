@@ -81,3 +81,14 @@ def test_token_check_needs_the_api_key(make_client: Callable[..., TestClient]) -
     assert client.post(TOKEN_CHECK, json=body).status_code == 401
     authorised = client.post(TOKEN_CHECK, json=body, headers={"Authorization": "Bearer k"})
     assert authorised.status_code == 200
+
+
+def test_a_model_that_cannot_count_is_refused_without_asking_it() -> None:
+    fake = FakeLLMClient([ModelCard("m", "m", 64, inputs=frozenset())])
+    with TestClient(create_app(GatewaySettings(), fake)) as client:
+        body = {"prompts": [{"model": "m", "prompt": "a b", "max_tokens": 1}]}
+        response = client.post(TOKEN_CHECK, json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompts.0.model"
+    assert fake.counted == []

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from gateway.llm_client import GenerationInput, SamplingParams
 from gateway.errors import UpstreamError
-from gateway.llm_client import TokenLogprob, TopLogprob
+from gateway.llm_client import GenerationInput, SamplingParams, TokenLogprob, TopLogprob
 from gateway.triton_client import (
     OUTPUTS,
     TritonModel,
@@ -20,7 +19,6 @@ from gateway.triton_client import (
     decode_response,
     parse_logprobs,
     parse_model_config,
-    sampling_json,
 )
 
 
@@ -196,12 +194,12 @@ def test_chat_request_sends_messages_as_json() -> None:
 
 
 def test_sampling_json_has_only_set_fields() -> None:
-    assert json.loads(sampling_json(SamplingParams())) == {}
+    assert json.loads(SamplingParams().to_json()) == {}
     full = SamplingParams(
         max_tokens=1, temperature=0.0, top_p=0.5, top_k=4, repetition_penalty=1.1,
         presence_penalty=0.2, frequency_penalty=0.3, seed=9, stop=("a", "b"), ignore_eos=True,
     )
-    assert json.loads(sampling_json(full)) == {
+    assert json.loads(full.to_json()) == {
         "max_tokens": 1, "temperature": 0.0, "top_p": 0.5, "top_k": 4, "repetition_penalty": 1.1,
         "presence_penalty": 0.2, "frequency_penalty": 0.3, "seed": 9, "stop": ["a", "b"],
         "ignore_eos": True,

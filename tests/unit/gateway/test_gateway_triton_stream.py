@@ -18,7 +18,8 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from gateway.errors import GatewayError, UpstreamError
+import chatllm_wire as wire
+from gateway.errors import UpstreamError
 from gateway.llm_client import (
     GenerationChunk,
     GenerationInput,
@@ -170,7 +171,7 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore
         """The embedder: each text becomes [its length, its batch size]; "busy" is refused
         as Triton refuses a request when the queue is full."""
         self.infer_requests.append(request)
-        (tensor,) = request.inputs
+        (_tensor,) = request.inputs  # exactly one input
         raw = request.raw_input_contents[0]
         texts, offset = [], 0
         while offset < len(raw):
@@ -308,13 +309,12 @@ def test_logprobs_are_decoded_from_the_stream() -> None:
     asyncio.run(with_server(test))
 
 
-def test_logprobs_from_a_model_without_them_are_a_400() -> None:
+def test_cards_carry_the_optional_inputs_a_model_takes() -> None:
     async def test(client: TritonLLMClient, fake: FakeTriton) -> None:
-        inp = GenerationInput(model="old-llm", prompt="words", sampling=SamplingParams(logprobs=1))
-        with pytest.raises(GatewayError) as caught:
-            await anext(client.generate(inp))
-        assert (caught.value.status_code, caught.value.param) == (400, "logprobs")
-        assert fake.requests == []
+        cards = {card.id: card for card in await client.list_models()}
+        assert cards["llm"].takes(wire.RETURN_LOGPROBS) and cards["chat"].takes(wire.COUNT_TOKENS_ONLY)
+        assert not cards["llm"].takes(wire.TOOLS)
+        assert cards["embedder"].inputs == {"text"}
 
     asyncio.run(with_server(test))
 
@@ -351,14 +351,5 @@ def test_a_full_queue_is_a_429_with_retry_after() -> None:
         assert caught.value.status_code == 429
         assert caught.value.message == "Exceeds maximum queue size"
         assert caught.value.headers == {"Retry-After": "1"}
-
-    asyncio.run(with_server(test))
-
-
-def test_embedding_with_a_generation_model_is_a_400() -> None:
-    async def test(client: TritonLLMClient, fake: FakeTriton) -> None:
-        with pytest.raises(GatewayError) as caught:
-            await client.embed("llm", ["x"])
-        assert (caught.value.status_code, caught.value.param) == (400, "model")
 
     asyncio.run(with_server(test))

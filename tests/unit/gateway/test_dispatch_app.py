@@ -10,10 +10,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.__main__ import build_client, parse_args, settings_from_args
 from gateway.app import create_app
-from gateway.routing import EndpointTarget, RoutedLLMClient, RoutingCollector, RoutingConfig
+from gateway.dispatch import RoutedLLMClient
+from gateway.endpoints import EndpointCollector, EndpointPool, EndpointTarget, RoutingConfig
 from gateway.settings import GatewaySettings
+from tests.unit.gateway.cluster_fakes import FakeCluster, FakeServer, chunk, unavailable
 from tests.unit.gateway.fakes import sse_events
-from tests.unit.gateway.routing_fakes import FakeCluster, FakeServer, chunk, unavailable
 
 CONFIG = RoutingConfig(health_interval_s=60.0, probe_timeout_s=1.0)
 
@@ -26,7 +27,7 @@ def cluster() -> FakeCluster:
 @pytest.fixture
 def http(cluster: FakeCluster) -> Iterator[TestClient]:
     router = RoutedLLMClient(
-        [EndpointTarget(name) for name in cluster.servers], cluster.factory, CONFIG
+        EndpointPool([EndpointTarget(name) for name in cluster.servers], cluster.factory, CONFIG)
     )
     settings = GatewaySettings(triton_urls=list(cluster.servers), model_list_ttl_s=0)
     with TestClient(create_app(settings, router), raise_server_exceptions=False) as client:
@@ -38,16 +39,16 @@ def test_health_needs_one_ready_server(http: TestClient, cluster: FakeCluster) -
     router = http.app.state.gateway.client  # type: ignore[attr-defined]
     assert http.get("/health").status_code == 200
     cluster.servers["a:1"].ready = False
-    http.portal.call(router.refresh)  # type: ignore[union-attr]
+    http.portal.call(router.pool.refresh)  # type: ignore[union-attr]
     assert http.get("/health").status_code == 200
     cluster.servers["b:1"].reachable = False
-    http.portal.call(router.refresh)  # type: ignore[union-attr]
+    http.portal.call(router.pool.refresh)  # type: ignore[union-attr]
     assert http.get("/health").status_code == 503
     answer = http.post("/v1/completions", json={"model": "echo", "prompt": "x"})
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "1"
     cluster.servers["a:1"].ready = True
-    http.portal.call(router.refresh)  # type: ignore[union-attr]
+    http.portal.call(router.pool.refresh)  # type: ignore[union-attr]
     assert http.get("/health").status_code == 200
 
 
@@ -76,14 +77,14 @@ def test_a_server_dying_mid_stream_ends_with_an_error_event(
 
 
 def test_endpoint_gauges(cluster: FakeCluster) -> None:
-    router = RoutedLLMClient([EndpointTarget("a:1"), EndpointTarget("b:1")], cluster.factory, CONFIG)
+    router = RoutedLLMClient(EndpointPool([EndpointTarget("a:1"), EndpointTarget("b:1")], cluster.factory, CONFIG))
     registry = CollectorRegistry()
-    registry.register(RoutingCollector(router))
+    registry.register(EndpointCollector(router.pool))
     settings = GatewaySettings(triton_urls=["a:1", "b:1"])
     with TestClient(create_app(settings, router)) as http:
         assert http.get("/health").status_code == 200
         cluster.servers["b:1"].ready = False
-        http.portal.call(router.refresh)  # type: ignore[union-attr]
+        http.portal.call(router.pool.refresh)  # type: ignore[union-attr]
     assert registry.get_sample_value("tritonchat_gateway_endpoint_ready", {"endpoint": "a:1"}) == 1
     assert registry.get_sample_value("tritonchat_gateway_endpoint_ready", {"endpoint": "b:1"}) == 0
 
@@ -96,9 +97,9 @@ def test_build_client_from_flags() -> None:
         )
     )
     client = build_client(settings)
-    assert [t.url for t in client._targets] == ["127.0.0.1:1", "dns:///triton:8001"]
-    assert [t.metrics_port for t in client._targets] == [8002, 8002]
-    assert client._config.health_interval_s == 0.5
+    assert [t.url for t in client.pool.targets] == ["127.0.0.1:1", "dns:///triton:8001"]
+    assert [t.metrics_port for t in client.pool.targets] == [8002, 8002]
+    assert client.pool.config.health_interval_s == 0.5
 
 
 def test_metrics_ports_must_match_the_urls() -> None:

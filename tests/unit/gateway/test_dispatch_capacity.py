@@ -9,8 +9,19 @@ import pytest
 
 from gateway.errors import UpstreamError, upstream_error
 from gateway.llm_client import ModelCard
-from tests.unit.gateway.routing_fakes import HANG, FakeCluster, FakeServer, chunk, unavailable
-from tests.unit.gateway.test_routing import collect, eventually, inp, ready_names, router, run
+from tests.unit.gateway.cluster_fakes import (
+    HANG,
+    FakeCluster,
+    FakeServer,
+    chunk,
+    collect,
+    eventually,
+    inp,
+    ready_names,
+    router,
+    run,
+    unavailable,
+)
 
 AT_CAPACITY = "[UNAVAILABLE] the engine is at capacity (64 running, 256 waiting); retry later"
 
@@ -120,7 +131,7 @@ def test_a_held_generation_is_cancelled_when_its_client_leaves() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await eventually(lambda: a.in_flight == 0, "the upstream stream closed")
-        assert client.endpoints()[0].outstanding == 0
+        assert client.pool.endpoints()[0].outstanding == 0
         await client.close()
 
     run(test)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from gateway.dispatch import RoutedLLMClient
+from gateway.endpoints import EndpointPool, EndpointTarget, RoutingConfig
 from gateway.errors import UpstreamError, upstream_error
 from gateway.llm_client import EmbeddingResult, GenerationChunk, GenerationInput, ModelCard
 
@@ -121,3 +124,41 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# ---- helpers of the router tests ----------------------------------------------------
+
+DEADLINE_S = 5.0
+# A long interval: rounds then happen only when a test calls refresh() or a failure wakes them.
+QUIET = RoutingConfig(health_interval_s=60.0, probe_timeout_s=1.0, dead_after_s=10.0)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def router(
+    cluster: FakeCluster, config: RoutingConfig = QUIET, **kwargs: Any
+) -> RoutedLLMClient:
+    targets = [EndpointTarget(name) for name in cluster.servers]
+    return RoutedLLMClient(EndpointPool(targets, cluster.factory, config, **kwargs))
+
+
+def inp(model: str = "echo", request_id: str = "req") -> GenerationInput:
+    return GenerationInput(model=model, prompt="hi", request_id=request_id)
+
+
+async def collect(stream: AsyncIterator[GenerationChunk]) -> str:
+    return "".join([c.text async for c in stream])
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)  # polling interval
+
+
+def ready_names(client: RoutedLLMClient) -> list[str]:
+    return [e.address for e in client.pool.endpoints() if e.ready]

@@ -1,16 +1,13 @@
-"""HTTP-side plumbing for generations: client disconnects and SSE responses."""
+"""Client disconnects: cancel the work of a request whose client went away."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
-
-from gateway import sse
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +45,3 @@ async def race_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise ClientDisconnected()
     return task.result()
 
-
-def sse_response(
-    body: AsyncIterator[str], headers: dict[str, str] | None = None
-) -> StreamingResponse:
-    """An event stream; Starlette cancels `body` when the client disconnects."""
-    return StreamingResponse(
-        body,
-        media_type=sse.MEDIA_TYPE,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
-    )

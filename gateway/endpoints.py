@@ -1,37 +1,23 @@
-"""Several Triton servers behind one gateway: `RoutedLLMClient`.
-
-The router holds one `LLMClient` per Triton endpoint (a `TritonLLMClient` on one gRPC
-address, or a fake in tests) and is itself an `LLMClient`, so the HTTP layer does not know
-how many servers there are.
+"""The Triton endpoints behind one gateway and their health: `EndpointPool`.
 
 - Discovery: a target is `HOST:PORT`, or `dns:///HOST:PORT` for every address the name
   resolves to (a Kubernetes headless Service), resolved again on each health round.
+  Servers may also join and leave at run time (`add_endpoint`, `remove_endpoint`).
 - Health: a background task probes every endpoint each `health_interval_s` (readiness,
   its repository index every `model_refresh_s`, and optionally Triton's queue metrics).
   An endpoint is routable only while ready and after its model list is known.
-- Choice: among the ready endpoints that serve the model, the least loaded (requests this
-  gateway has outstanding there, plus the requests queued in Triton when its metrics are
-  scraped); ties go to the endpoint picked least recently, so a steady stream of
-  one-at-a-time requests alternates.
-- Capacity: being full is not being down. A model whose config says how many requests one
-  server takes (`ModelCard.capacity`) gets no more than that from this gateway per
-  endpoint; when every ready endpoint is full the request is refused at once (429 with
-  Retry-After) instead of queueing behind running work. A server that answers "at
-  capacity" itself (429) stays in routing; the request is tried on another one.
+- Capacity view: each endpoint counts the requests this gateway has outstanding there, per
+  model, against the capacity its model configs declare (`ModelCard.capacity`).
 - Failures: an endpoint that fails a request with "unavailable" (503: unreachable, shutting
   down, killed) is taken out at once and probed right away; it is taken back when a probe
-  finds it ready. A generation that fails before its first chunk was yielded is retried on
-  another endpoint (503, 429 and an unknown model are retried; a refused request is not).
-  A non-streaming generation (`GenerationInput.replayable`) is held until complete, so a
-  server-side failure (503) even mid-generation runs it again elsewhere. A stream cannot be
-  retried after its first chunk: the error reaches the client as an error event after the
-  text already sent.
+  finds it ready (`record_failure`).
 - Never a hang: an endpoint that stays unreachable for `dead_after_s` has its client
   replaced, which closes its gRPC channels and so ends its in-flight streams with an error.
   An unreachable endpoint with nothing in flight gets a fresh client on every probe, so a
   restarted server is reconnected at once instead of after gRPC's reconnect back-off.
 
-Everything here runs on the event loop: no threads, no locks beyond the start-up one.
+Choosing among the endpoints and retrying is `gateway.dispatch`. Everything here runs on
+the event loop: no threads, no locks beyond the start-up one.
 """
 
 from __future__ import annotations
@@ -40,27 +26,18 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import httpx
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from gateway.errors import RETRY_AFTER_S, UpstreamError
-from gateway.llm_client import (
-    EmbeddingResult,
-    GenerationChunk,
-    GenerationInput,
-    LLMClient,
-    ModelCard,
-)
+from gateway.errors import UpstreamError
+from gateway.llm_client import LLMClient, ModelCard
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DNS_PREFIX = "dns:///"
 QUEUE_METRICS = ("nv_inference_pending_request_count", "chatllm_waiting_sequences")
@@ -208,38 +185,12 @@ class Endpoint:
         self.models_fetched_at = now
 
 
-def _retryable(error: UpstreamError) -> bool:
-    """Worth another endpoint: unavailable, overloaded, or the model is not there."""
-    return error.status_code in (429, 503) or error.code == "model_not_found"
-
-
-def _full_error(model: str) -> UpstreamError:
-    return UpstreamError(
-        429,
-        f"every server of model `{model}` is at capacity; retry later",
-        "rate_limit_error",
-        code="rate_limit_exceeded",
-        retry_after_s=RETRY_AFTER_S,
-    )
-
-
-def _no_endpoint_error(message: str) -> UpstreamError:
-    return UpstreamError(
-        503,
-        message,
-        "service_unavailable_error",
-        code="service_unavailable",
-        retry_after_s=RETRY_AFTER_S,
-    )
-
-
-class RoutedLLMClient:
-    """An `LLMClient` that spreads requests over several Triton endpoints.
+class EndpointPool:
+    """The endpoints of the configured targets and of servers joined at run time.
 
     Lifecycle: `start()` resolves the targets, probes every endpoint once and starts the
-    health task; every other method calls it first, so the first request (or `/health`
-    poll) starts the router inside the serving event loop. `close()` stops the task and
-    closes every endpoint client.
+    health task (idempotent; callers start it on first use, inside the serving event loop).
+    `close()` stops the task and closes every endpoint client.
     """
 
     def __init__(
@@ -256,17 +207,16 @@ class RoutedLLMClient:
             raise ValueError("at least one Triton endpoint is required")
         for target in targets:  # fail at start-up, not on the first request
             split_host_port(target.url.removeprefix(DNS_PREFIX))
-        self._targets = tuple(targets)
+        self.targets = tuple(targets)
         self._factory = client_factory
-        self._config = config or RoutingConfig()
+        self.config = config or RoutingConfig()
         self._queue_probe = queue_probe
         self._resolver = resolver
-        self._clock = clock
+        self.clock = clock
         # Owner: the event loop. Address -> endpoint, in target order.
         self._endpoints: dict[str, Endpoint] = {}
         # Servers that registered at run time (`add_endpoint`), beside the fixed targets.
         self._joined: dict[str, EndpointTarget] = {}
-        self._picks = 0
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
@@ -307,7 +257,7 @@ class RoutedLLMClient:
             # Not wait_for: on Python < 3.12 it can swallow the cancellation from close().
             waiter = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait({waiter}, timeout=self._config.health_interval_s)
+                await asyncio.wait({waiter}, timeout=self.config.health_interval_s)
             finally:
                 waiter.cancel()
             self._wake.clear()
@@ -335,11 +285,21 @@ class RoutedLLMClient:
             return
         await self._sync_endpoints()
 
-    # ---- health ----------------------------------------------------------------------
+    # ---- views -----------------------------------------------------------------------
 
     def endpoints(self) -> list[Endpoint]:
-        """The current endpoints, in target order (for tests, metrics and logs)."""
+        """The current endpoints, in target order."""
         return list(self._endpoints.values())
+
+    def ready(self) -> list[Endpoint]:
+        """The routable endpoints, in target order."""
+        return [e for e in self._endpoints.values() if e.ready]
+
+    def serving(self, model: str, tried: set[str]) -> list[Endpoint]:
+        """The routable endpoints that serve `model`, leaving out the addresses `tried`."""
+        return [e for e in self.ready() if model in e.models and e.address not in tried]
+
+    # ---- health ----------------------------------------------------------------------
 
     async def refresh(self) -> None:
         """One round: resolve targets, probe every endpoint, drop idle retired ones."""
@@ -354,14 +314,14 @@ class RoutedLLMClient:
     async def _sync_endpoints(self) -> None:
         wanted: dict[str, tuple[EndpointTarget, str | None]] = {}
         kept: set[str] = set()
-        for target in (*self._targets, *self._joined.values()):
+        for target in (*self.targets, *self._joined.values()):
             if not target.is_dns:
                 wanted[target.url] = (target, _metrics_url(target.url, target.metrics_port))
                 continue
             host, port = split_host_port(target.url[len(DNS_PREFIX) :])
             try:
                 ips = await asyncio.wait_for(
-                    self._resolver(host, port), self._config.probe_timeout_s
+                    self._resolver(host, port), self.config.probe_timeout_s
                 )
             except (OSError, asyncio.TimeoutError) as exc:
                 # A DNS blip must not drop working servers: keep what we had.
@@ -387,15 +347,15 @@ class RoutedLLMClient:
                 endpoint.ready = False
 
     async def _probe(self, endpoint: Endpoint) -> None:
-        timeout = self._config.probe_timeout_s
-        now = self._clock()
+        timeout = self.config.probe_timeout_s
+        now = self.clock()
         client = endpoint.client
         ready = await _bounded(client.is_ready(), timeout, False)
         reachable = ready
         if ready:
             due = (
                 endpoint.models_fetched_at is None
-                or now - endpoint.models_fetched_at >= self._config.model_refresh_s
+                or now - endpoint.models_fetched_at >= self.config.model_refresh_s
             )
             if due:
                 try:
@@ -410,7 +370,7 @@ class RoutedLLMClient:
                     endpoint.queued = await asyncio.wait_for(
                         self._queue_probe(endpoint.metrics_url), timeout
                     )
-                except Exception as exc:  # queue lengths only refine the choice
+                except Exception as exc:  # noqa: BLE001 - queue lengths only refine the choice
                     logger.debug("endpoint %s: no queue metrics: %s", endpoint.address, exc)
                     endpoint.queued = {}
         else:
@@ -418,19 +378,19 @@ class RoutedLLMClient:
             try:
                 await asyncio.wait_for(client.list_models(), timeout)
                 reachable = True
-            except Exception:
+            except Exception:  # noqa: BLE001 - whatever the failure, nobody answered
                 reachable = False
         if endpoint.client is not client:
             return  # replaced while we were probing; the next round judges the new one
         why = "not ready" if reachable else "unreachable"
-        self._set_ready(endpoint, ready and not endpoint.retiring, why)
+        self.set_ready(endpoint, ready and not endpoint.retiring, why)
         if reachable:
             endpoint.unreachable_since = None
             return
         if endpoint.unreachable_since is None:
             endpoint.unreachable_since = now
         dead_for = now - endpoint.unreachable_since
-        if endpoint.outstanding == 0 or dead_for >= self._config.dead_after_s:
+        if endpoint.outstanding == 0 or dead_for >= self.config.dead_after_s:
             if endpoint.outstanding:
                 logger.warning(
                     "endpoint %s unreachable for %.0fs: ending its %d in-flight requests",
@@ -445,10 +405,10 @@ class RoutedLLMClient:
         old, endpoint.client = endpoint.client, self._factory(endpoint.address)
         try:
             await old.close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the new client is in place; the old one is gone either way
             logger.debug("endpoint %s: closing the old client: %s", endpoint.address, exc)
 
-    def _set_ready(self, endpoint: Endpoint, ready: bool, why: str) -> None:
+    def set_ready(self, endpoint: Endpoint, ready: bool, why: str) -> None:
         ready = ready and endpoint.models_fetched_at is not None
         if ready == endpoint.ready:
             return
@@ -462,197 +422,21 @@ class RoutedLLMClient:
         else:
             logger.warning("endpoint %s taken out of routing (%s)", endpoint.address, why)
 
-    def _on_failure(self, endpoint: Endpoint, model: str, error: UpstreamError) -> None:
+    def record_failure(self, endpoint: Endpoint, model: str, error: UpstreamError) -> None:
+        """A request failed there: a server-side failure takes it out (and probes it at once);
+        an unknown model has its index read again on the next round."""
         endpoint.failures_total += 1
         if error.server_side:
-            self._set_ready(endpoint, False, f"request failed: {error.message}")
+            self.set_ready(endpoint, False, f"request failed: {error.message}")
             self._wake.set()  # probe now: readmitted at once if it was only a blip
         elif error.code == "model_not_found" and model in endpoint.models:
             endpoint.models = endpoint.models - {model}
             endpoint.models_fetched_at = None  # re-read its index on the next round
             self._wake.set()
 
-    # ---- choice ----------------------------------------------------------------------
-
-    def _pick(self, model: str, tried: set[str]) -> Endpoint:
-        candidates = [
-            e
-            for e in self._endpoints.values()
-            if e.ready and model in e.models and e.address not in tried
-        ]
-        if not candidates:
-            if not any(e.ready for e in self._endpoints.values()):
-                raise _no_endpoint_error("no Triton server is ready")
-            raise _no_endpoint_error(f"no ready Triton server serves model `{model}`")
-        candidates = [e for e in candidates if e.has_room(model)]
-        if not candidates:
-            raise _full_error(model)
-        best = min(candidates, key=lambda e: (e.load(model), e.last_pick))
-        self._picks += 1
-        best.last_pick = self._picks
-        best.requests_total += 1
-        return best
-
-    async def _unary(
-        self, model: str, request_id: str, call: Callable[[LLMClient], Awaitable[T]]
-    ) -> T:
-        """Run an idempotent call on the best endpoint, retrying elsewhere when allowed."""
-        await self.start()
-        tried: set[str] = set()
-        while True:
-            endpoint = self._pick(model, tried)
-            tried.add(endpoint.address)
-            endpoint.acquire(model)
-            try:
-                return await call(endpoint.client)
-            except UpstreamError as error:
-                self._on_failure(endpoint, model, error)
-                if not self._may_retry(model, error, tried, request_id, endpoint):
-                    raise
-            finally:
-                endpoint.release(model)
-
-    def _may_retry(
-        self,
-        model: str,
-        error: UpstreamError,
-        tried: set[str],
-        request_id: str,
-        endpoint: Endpoint,
-    ) -> bool:
-        if not _retryable(error) or len(tried) >= self._config.max_attempts:
-            return False
-        if not any(
-            e.ready and model in e.models and e.address not in tried and e.has_room(model)
-            for e in self._endpoints.values()
-        ):
-            return False  # nobody else to ask: the client gets this error
-        logger.info(
-            "request %s: %s failed before any output reached the client (%d %s); "
-            "trying another server",
-            request_id,
-            endpoint.address,
-            error.status_code,
-            error.message,
-        )
-        return True
-
-    # ---- LLMClient -------------------------------------------------------------------
-
-    async def list_models(self) -> list[ModelCard]:
-        """The union of the ready endpoints' models, read fresh from each of them."""
-        await self.start()
-        ready = [e for e in self._endpoints.values() if e.ready]
-        if not ready:
-            raise _no_endpoint_error("no Triton server is ready")
-        timeout = self._config.probe_timeout_s
-        results = await asyncio.gather(
-            *(asyncio.wait_for(e.client.list_models(), timeout) for e in ready),
-            return_exceptions=True,
-        )
-        now = self._clock()
-        cards: dict[str, ModelCard] = {}
-        answered = 0
-        for endpoint, result in zip(ready, results):
-            if isinstance(result, BaseException):
-                logger.warning("endpoint %s: cannot list models: %s", endpoint.address, result)
-                if isinstance(result, UpstreamError) and result.status_code == 503:
-                    self._set_ready(endpoint, False, f"listing models failed: {result.message}")
-                    self._wake.set()
-                continue
-            answered += 1
-            endpoint.set_cards(result, now)
-            for card in result:
-                known = cards.setdefault(card.id, card)
-                if known.triton_model != card.triton_model:
-                    logger.warning(
-                        "name %s means model %s on one server and %s on %s; using %s",
-                        card.id,
-                        known.triton_model,
-                        card.triton_model,
-                        endpoint.address,
-                        known.triton_model,
-                    )
-        if not answered:
-            raise _no_endpoint_error("no Triton server answered the model list")
-        return list(cards.values())
-
-    async def generate(self, inp: GenerationInput) -> AsyncIterator[GenerationChunk]:
-        """Stream from the least-loaded endpoint; retried elsewhere before the first chunk
-        (a `replayable` input: until it is complete, its chunks held back till then).
-        Closing this iterator closes (and so cancels) the upstream stream."""
-        await self.start()
-        tried: set[str] = set()
-        while True:
-            endpoint = self._pick(inp.model, tried)
-            tried.add(endpoint.address)
-            endpoint.acquire(inp.model)
-            stream = endpoint.client.generate(inp)
-            yielded = False
-            held: list[GenerationChunk] = []
-            try:
-                async for chunk in stream:
-                    if inp.replayable:
-                        held.append(chunk)
-                        continue
-                    yielded = True
-                    yield chunk
-                if not inp.replayable:
-                    return
-            except UpstreamError as error:
-                self._on_failure(endpoint, inp.model, error)
-                if yielded or (held and not error.server_side):
-                    raise _mid_stream_error(error, inp.request_id, endpoint) from None
-                if not self._may_retry(inp.model, error, tried, inp.request_id, endpoint):
-                    if held:
-                        raise _mid_stream_error(error, inp.request_id, endpoint) from None
-                    raise
-                continue
-            finally:
-                endpoint.release(inp.model)
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            for chunk in held:  # replayable and complete: now the client may see it
-                yield chunk
-            return
-
-    async def count_tokens(self, model: str, prompt: str, request_id: str = "") -> int:
-        return await self._unary(
-            model, request_id, lambda client: client.count_tokens(model, prompt, request_id)
-        )
-
-    async def embed(
-        self, model: str, texts: Sequence[str], request_id: str = ""
-    ) -> EmbeddingResult:
-        return await self._unary(
-            model, request_id, lambda client: client.embed(model, texts, request_id)
-        )
-
-    async def is_ready(self) -> bool:
-        """True while at least one endpoint is ready."""
-        await self.start()
-        return any(e.ready for e in self._endpoints.values())
-
-
-def _mid_stream_error(error: UpstreamError, request_id: str, endpoint: Endpoint) -> UpstreamError:
-    logger.warning(
-        "request %s: %s failed mid-stream (%d %s)",
-        request_id,
-        endpoint.address,
-        error.status_code,
-        error.message,
-    )
-    if error.status_code != 503:
-        return error  # the model's own error: its message says what happened
-    return UpstreamError(
-        503,
-        "the inference server failed during the generation; the answer is incomplete "
-        f"({error.message})",
-        error.err_type,
-        code=error.code,
-        retry_after_s=error.retry_after_s,
-    )
+    def probe_soon(self) -> None:
+        """Run a health round now rather than at the next interval."""
+        self._wake.set()
 
 
 def _metrics_url(address: str, port: int | None) -> str | None:
@@ -665,7 +449,7 @@ def _metrics_url(address: str, port: int | None) -> str | None:
 async def _bounded(call: Awaitable[bool], timeout_s: float, default: bool) -> bool:
     try:
         return bool(await asyncio.wait_for(call, timeout_s))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe that fails in any way gives the default
         return default
 
 
@@ -674,11 +458,11 @@ def _log_task_end(task: asyncio.Task[None]) -> None:
         logger.error("the endpoint health task stopped", exc_info=task.exception())
 
 
-class RoutingCollector(Collector):
-    """Per-endpoint gauges, read from the router when Prometheus scrapes."""
+class EndpointCollector(Collector):
+    """Per-endpoint gauges, read from the pool when Prometheus scrapes."""
 
-    def __init__(self, router: RoutedLLMClient) -> None:
-        self._router = router
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
 
     def collect(self) -> list[Metric]:
         ready = GaugeMetricFamily(
@@ -701,7 +485,7 @@ class RoutingCollector(Collector):
             "Requests that failed on the Triton endpoint (retried elsewhere when possible)",
             labels=["endpoint"],
         )
-        for endpoint in self._router.endpoints():
+        for endpoint in self._pool.endpoints():
             ready.add_metric([endpoint.address], 1.0 if endpoint.ready else 0.0)
             outstanding.add_metric([endpoint.address], float(endpoint.outstanding))
             requests.add_metric([endpoint.address], float(endpoint.requests_total))
