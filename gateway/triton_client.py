@@ -23,12 +23,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]  # no stubs or py.typed
+import grpc
 import numpy as np
 import numpy.typing as npt
-from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc  # type: ignore[import-untyped]  # no stubs or py.typed
-from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput  # type: ignore[import-untyped]  # no stubs or py.typed
-from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]  # no stubs or py.typed
+from tritonclient.grpc import InferResult, service_pb2, service_pb2_grpc
+from tritonclient.grpc.aio import InferenceServerClient, InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
 
 import chatllm_wire as wire
 from gateway.errors import ModelNotFoundError, UpstreamError, upstream_error

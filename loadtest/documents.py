@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
-from functools import lru_cache
+from functools import cache
 
 from loadtest.prompts import ChatPrompt
 
@@ -43,7 +43,7 @@ DEFAULT_COUNT = 48
 DEFAULT_MAX_TOKENS = 128
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module_text(name: str) -> str:
     """The module's docstring and those of its public classes and functions, in source order."""
     module = importlib.import_module(name)

@@ -36,7 +36,8 @@ def _run(model: Any, rows: list[SequenceKV], feeds: list[list[int]]) -> torch.Te
     return forward_step(model, ids, positions, StepLayout(tuple(segments)), sample_at)
 
 
-def prefill(model: Any, prompts: list[list[int]], prefix: Rows | None = None, room: int = 64) -> tuple[Rows, torch.Tensor]:
+def prefill(model: Any, prompts: list[list[int]], prefix: Rows | None = None,
+            room: int = 64) -> tuple[Rows, torch.Tensor]:
     use_packed_attention(model)
     cache = kv_cache_for(model, 1 << 30)
     done = prefix.kv[0].length if prefix else 0

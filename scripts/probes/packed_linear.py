@@ -1,6 +1,6 @@
 """nn.Linear (MKL) against oneDNN-reordered weights (chatllm_engine/packed_linear.py) on the
-default model: resident memory around packing, prefill passes after the cached system prompt, decode steps at batch 1, 16
-and 64, whether 24 greedy steps of 4 prompts give the same tokens, and the benchmark's
+default model: resident memory around packing, prefill passes after the cached system prompt,
+decode steps at batch 1, 16 and 64, whether 24 greedy steps of 4 prompts give the same tokens, and the benchmark's
 static-batch ceiling (`model.generate`, C=16, 64 tokens) on either. The two variants
 alternate, so that the machine's noise hits both.
 

@@ -188,7 +188,8 @@ def throughput(engine: Any, users: int, tokens: int) -> None:
     schemas = {
         # Cannot end before `tokens` tokens (a string of at least 400 characters): as much
         # work as the unconstrained run, with a length-limited string (the costly case).
-        "schema, string minLength 400": {"type": "object", "properties": {"answer": {"type": "string", "minLength": 400}},
+        "schema, string minLength 400": {"type": "object",
+                                         "properties": {"answer": {"type": "string", "minLength": 400}},
                                          "required": ["answer"], "additionalProperties": False},
         # Free text in a JSON string: may end early, so the rate counts the tokens generated.
         "schema, free string": {"type": "object", "properties": {"answer": {"type": "string"}},

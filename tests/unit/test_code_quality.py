@@ -26,10 +26,6 @@ MYPY_TARGETS = [
     "loadtest",
 ]
 
-# Paths whose clean-up is not in this tree yet: their findings are expected until it is.
-PENDING = ("gateway", "tritonchat", "loadtest", "scripts/probes/", "tests/unit/gateway/", "tests/unit/loadtest/",
-           "tests/integration/test_loadtest.py")
-
 
 def _run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -37,16 +33,11 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_passes() -> None:
     result = _run("ruff", "check", "--no-cache", "--output-format", "concise", ".")
-    findings = [line for line in result.stdout.splitlines() if line.count(":") >= 3 and not line.startswith(" ")]
-    unexpected = [line for line in findings if not line.startswith(PENDING)]
 
-    assert result.returncode == 0 or (findings and not unexpected), (
-        f"ruff check .:\n{result.stdout}{result.stderr}")
+    assert result.returncode == 0, f"ruff check .:\n{result.stdout}{result.stderr}"
 
 
-@pytest.mark.parametrize("target", [
-    pytest.param(t, marks=pytest.mark.xfail(reason="clean-up pending", strict=False)) if t.startswith(PENDING) else t
-    for t in MYPY_TARGETS])
+@pytest.mark.parametrize("target", MYPY_TARGETS)
 def test_mypy_passes(target: str) -> None:
     result = _run("mypy", target)
 

@@ -116,7 +116,8 @@ def test_named_tool_choice_constrains_to_the_parameters_and_answers_a_tool_call(
 
 
 def test_required_tool_choice_asks_for_an_array_of_calls(client: TestClient, fake: FakeLLMClient) -> None:
-    answer = '[{"name": "get_time", "arguments": {"zone": "UTC"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]'
+    answer = ('[{"name": "get_time", "arguments": {"zone": "UTC"}}, '
+              '{"name": "get_weather", "arguments": {"city": "Rome"}}]')
     fake.queue(script(answer))
 
     response = client.post(CHAT, json=chat(tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False))
@@ -128,13 +129,14 @@ def test_required_tool_choice_asks_for_an_array_of_calls(client: TestClient, fak
     assert branches[0]["properties"]["arguments"] == SCHEMA
     choice = response.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
-    assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
-            for c in choice["message"]["tool_calls"]] == [("get_time", {"zone": "UTC"}), ("get_weather", {"city": "Rome"})]
+    calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in choice["message"]["tool_calls"]]
+    assert calls == [("get_time", {"zone": "UTC"}), ("get_weather", {"city": "Rome"})]
 
 
 def test_auto_parses_hermes_tool_calls_and_keeps_the_text_before_them(
         client: TestClient, fake: FakeLLMClient) -> None:
-    fake.queue(script('Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'),
+    fake.queue(script('Let me check. <tool_call>\n{"name": "get_weather", '
+                      '"arguments": {"city": "Oslo"}}\n</tool_call>'),
                script("No tool needed."),
                script('<tool_call>{"name": "unknown_tool", "arguments": {}}</tool_call>'))
 
@@ -210,7 +212,8 @@ def test_streamed_named_call_sends_id_and_name_once_then_argument_pieces(
 
 def test_streamed_auto_streams_text_then_sends_whole_calls_with_finish_tool_calls(
         client: TestClient, fake: FakeLLMClient) -> None:
-    fake.queue(script("Sure", ". <tool", '_call>{"name": "get_weather", ', '"arguments": {"city": "Nice"}}</tool_call>'),
+    fake.queue(script("Sure", ". <tool", '_call>{"name": "get_weather", ',
+                      '"arguments": {"city": "Nice"}}</tool_call>'),
                script("<to", "day is fine"))
 
     first = sse_events(client.post(CHAT, json=chat(stream=True, tools=[WEATHER])).text)
