@@ -307,7 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="", help="folder for results.json, results.md, throughput.png")
     # Engines side by side, end to end (loadtest/bench_engines.py).
     parser.add_argument("--engine", nargs="+", choices=["ours", "vllm"], default=None,
-                        help="compare these engines end to end instead (vllm: needs make vllm-install)")
+                        help="compare these engines end to end instead, on --workload and --dtype "
+                             "(vllm: needs make vllm-install)")
     parser.add_argument("--vllm-alone", action="store_true", help="with --engine: also vLLM's own OpenAI server")
     parser.add_argument("--vllm-venv", default=str(ROOT / ".venv-vllm"))
     parser.add_argument("--repeat", type=int, default=1, help="with --engine: runs per C, the median is kept")

@@ -1,8 +1,10 @@
 """`tritonchat bench --engine ours vllm [--vllm-alone]`: the engines side by side, end to end.
 
-One run, the same chat prompts, C concurrent streaming clients per C (greedy, exactly
-`new_tokens` tokens each, EOS ignored), against:
-  ceiling      one static left-padded batch of C with plain `model.generate` (this process)
+One run, the same chat prompts, C concurrent streaming clients per C (greedy; `--workload
+short`: exactly `new_tokens` tokens each, EOS ignored; `--workload long`: the document prompts,
+EOS honoured), against:
+  ceiling      one static left-padded batch of C with plain `model.generate` (this process;
+               short workload only)
   ours         gateway -> Triton -> chatllm backend on our engine (model_repository/)
   vllm         gateway -> Triton -> chatllm backend on vLLM's engine (model_repository_vllm/,
                the models' Python from the vLLM virtualenv)
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.bench import ROOT, WARMUP_MESSAGES, Result, run_ceiling, run_clients
@@ -32,13 +35,26 @@ VLLM = (ROOT / "model_repository_vllm", "smollm2-135m-instruct-vllm")
 START_TIMEOUT_S = 900.0  # vLLM compiles the model on a first start
 
 
-def _measure(url: str, model: str, mode: str, concurrencies: list[int], new_tokens: int,
-             repeat: int) -> list[Result]:
+@dataclass(frozen=True)
+class Load:
+    """What every server gets: C clients per C, the workload, tokens, runs per C, and the
+    models' dtype (`dtype`: every server's, when set)."""
+
+    concurrencies: list[int]
+    new_tokens: int
+    repeat: int = 1
+    workload: str = "short"
+    long_prompts: int = 48
+    dtype: str = ""
+
+
+def _measure(url: str, model: str, mode: str, load: Load) -> list[Result]:
     """Warm up, then C clients per C, `repeat` times; keeps the run with the median tok/s."""
     asyncio.run(run_clients(url, model, 2, 4, WARMUP_MESSAGES))
     results = []
-    for c in concurrencies:
-        runs = sorted((asyncio.run(run_clients(url, model, c, new_tokens)) for _ in range(repeat)),
+    for c in load.concurrencies:
+        runs = sorted((asyncio.run(run_clients(url, model, c, load.new_tokens, workload=load.workload,
+                                               long_prompts=load.long_prompts)) for _ in range(load.repeat)),
                       key=lambda r: r.tokens_per_s)
         result = runs[len(runs) // 2]
         result.mode = mode
@@ -47,15 +63,14 @@ def _measure(url: str, model: str, mode: str, concurrencies: list[int], new_toke
     return results
 
 
-def run_stack(repository: Path, model: str, mode: str, concurrencies: list[int], new_tokens: int, repeat: int,
-              python_env: Path | None = None) -> list[Result]:
+def run_stack(repository: Path, model: str, mode: str, load: Load, python_env: Path | None = None) -> list[Result]:
     """gateway -> Triton -> chatllm on one model of `repository` (alone in a fresh repository)."""
     with tempfile.TemporaryDirectory(prefix="tritonchat-bench-") as tmp:
         repo = Path(tmp) / "repo"
-        write_model_variant(repository / model, repo)
+        write_model_variant(repository / model, repo, parameters={"dtype": load.dtype} if load.dtype else None)
         with launch_triton(repo, python_env=python_env, ready_timeout_s=START_TIMEOUT_S) as triton, \
                 launch_gateway([triton.grpc_url]) as gateway:
-            return _measure(gateway, model, mode, concurrencies, new_tokens, repeat)
+            return _measure(gateway, model, mode, load)
 
 
 def vllm_server_argv(venv: Path, params: dict[str, str], weights: str, model: str, port: int) -> list[str]:
@@ -83,9 +98,11 @@ def _weights_for_vllm(venv: Path, params: dict[str, str]) -> str:
     return out.strip().splitlines()[-1]
 
 
-def run_vllm_alone(venv: Path, concurrencies: list[int], new_tokens: int, repeat: int) -> list[Result]:
+def run_vllm_alone(venv: Path, load: Load) -> list[Result]:
     repository, model = VLLM
     params = model_parameters(repository / model / "config.pbtxt")
+    if load.dtype:
+        params["dtype"] = load.dtype
     port = free_port()
     env = dict(os.environ)
     if params.get("cpu_kvcache_space"):
@@ -99,7 +116,7 @@ def run_vllm_alone(venv: Path, concurrencies: list[int], new_tokens: int, repeat
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{url}/health", process, "vLLM's OpenAI server", START_TIMEOUT_S, log)
-        return _measure(url, model, "vllm-alone", concurrencies, new_tokens, repeat)
+        return _measure(url, model, "vllm-alone", load)
     finally:
         terminate(process)
 
@@ -139,10 +156,11 @@ def main(args: argparse.Namespace) -> int:
     from chatllm_engine.loader import load_model
 
     venv = Path(args.vllm_venv).resolve()
+    load = Load(args.concurrency, args.new_tokens, args.repeat, args.workload, args.long_prompts, args.dtype)
     modes: list[str] = []
     results: list[Result] = []
-    if not args.skip_ceiling:
-        params = model_parameters(OURS[0] / OURS[1] / "config.pbtxt")
+    if not args.skip_ceiling and args.workload == "short":
+        params = model_parameters(OURS[0] / OURS[1] / "config.pbtxt") | ({"dtype": load.dtype} if load.dtype else {})
         config = EngineConfig.from_parameters({**params, "pack_cpu_weights": "false"})
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-torch") as torch_thread:
             model, tokenizer = torch_thread.submit(load_model, config).result()
@@ -155,11 +173,10 @@ def main(args: argparse.Namespace) -> int:
         modes.append("ceiling")
     for engine in args.engine:
         repository, model_name = OURS if engine == "ours" else VLLM
-        results += run_stack(repository, model_name, engine, args.concurrency, args.new_tokens, args.repeat,
-                             python_env=venv if engine == "vllm" else None)
+        results += run_stack(repository, model_name, engine, load, python_env=venv if engine == "vllm" else None)
         modes.append(engine)
     if args.vllm_alone:
-        results += run_vllm_alone(venv, args.concurrency, args.new_tokens, args.repeat)
+        results += run_vllm_alone(venv, load)
         modes.append("vllm-alone")
     table = engines_table(results, modes)
     print(table)

@@ -16,6 +16,8 @@ def test_engine_flags_parse() -> None:
     args = parser.parse_args(["--engine", "ours", "vllm", "--vllm-alone", "--repeat", "3"])
     assert (args.engine, args.vllm_alone, args.repeat) == (["ours", "vllm"], True, 3)
     assert parser.parse_args([]).engine is None  # the default bench is unchanged
+    long = parser.parse_args(["--engine", "ours", "--workload", "long", "--dtype", "bfloat16"])
+    assert (long.workload, long.dtype) == ("long", "bfloat16")  # every engine gets the same load
 
 
 def test_table_compares_vllm_behind_triton_with_vllm_alone() -> None:
