@@ -35,10 +35,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
     import threading
 
     from .heartbeat import Heartbeat
+    from .launch import set_on_signal
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, set_on_signal(stop))
     heartbeat = Heartbeat(args.gateway, args.address, args.interval, args.api_key)
     heartbeat.start()
     try:

@@ -112,6 +112,16 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], name: str, time
     raise NotReadyError(f"{name} was not ready within {timeout_s:.0f}s ({url}){tail()}")
 
 
+def set_on_signal(event: threading.Event) -> Callable[[int, Any], None]:
+    """A signal handler that sets `event`. Python runs handlers in the main thread between two
+    bytecodes, possibly while that thread holds the event's own lock inside `event.wait()`:
+    calling `event.set()` there deadlocked `tritonchat serve` on SIGTERM. The handler hands the
+    call to a short-lived thread instead."""
+    def handler(signum: int, frame: Any) -> None:
+        threading.Thread(target=event.set, name="stop-signal", daemon=True).start()
+    return handler
+
+
 def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop a child politely (SIGTERM, as a supervisor would), then for good.
 

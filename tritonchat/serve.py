@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .heartbeat import Heartbeat
-from .launch import NotReadyError, gateway_argv, spawn, terminate, triton_args, wait_until_ready
+from .launch import NotReadyError, gateway_argv, set_on_signal, spawn, terminate, triton_args, wait_until_ready
 from .runtime import resolve_runtime
 
 STOP_MARGIN_S = 15.0
@@ -94,7 +94,7 @@ def serve(options: ServeOptions) -> int:
     heartbeat: Heartbeat | None = None
     stop = threading.Event()
     # Both stop signals set the same event, also where SIGINT was inherited as ignored (nohup, `&`).
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, set_on_signal(stop)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         # Own process groups: Ctrl-C reaches us only, and terminate() stops each child and its stubs.
         triton = spawn(runtime.command(options.triton_argv()), env=runtime.env)

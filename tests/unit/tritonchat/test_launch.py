@@ -8,12 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tritonchat.launch import spawn, terminate
+from tritonchat.launch import set_on_signal, spawn, terminate
 from tritonchat.serve import ServeError, ServeOptions, serve
 
 DEADLINE_S = 10.0
@@ -124,3 +125,20 @@ def test_a_second_serve_on_busy_ports_fails_at_once_naming_the_port(tmp_path: Pa
             serve(ServeOptions(model_repository=tmp_path, http_port=0, grpc_port=0, metrics_port=0,
                                gateway_port=port))
         assert time.monotonic() - started < 5
+
+
+def test_a_stop_signal_sets_the_event_while_the_waiter_holds_its_lock() -> None:
+    # As when SIGTERM lands while the main thread is inside stop.wait(): a handler that called
+    # stop.set() itself would block forever on the lock the main thread holds.
+    stop = threading.Event()
+    handler = set_on_signal(stop)
+
+    def land_inside_wait() -> None:
+        with stop._cond:  # the lock Event.wait holds between its checks
+            handler(signal.SIGTERM, None)
+
+    signalled = threading.Thread(target=land_inside_wait, daemon=True)
+    signalled.start()
+    signalled.join(10)
+    assert not signalled.is_alive(), "the handler blocked on the lock its own thread holds"
+    assert stop.wait(10)
